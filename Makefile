@@ -1,0 +1,67 @@
+# The front door. `make demo` and `make test` are all a fresh machine needs (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+PYTHON ?= python3
+STATE := .state
+WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
+
+.PHONY: help deps build test test-rust weights demo bench fuzz crds cluster-up cluster-down parity-fixture clean
+
+help:
+	@echo "make demo          bring the system up locally and print a real prediction"
+	@echo "make test          all tests (what CI runs)"
+	@echo "make bench         forward-pass and HTTP benchmarks side by side with PyTorch/ONNX Runtime"
+	@echo "make crds          regenerate crds/ and the chart's copy from the Rust types"
+	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
+	@echo "make cluster-down  stop it and remove its state"
+
+# System packages the build needs: nasm assembles libjpeg-turbo's SIMD decoder.
+deps:
+	@command -v nasm >/dev/null || { echo "installing nasm (apt)"; apt-get install -y -qq nasm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nasm >/dev/null; }; }
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+# Python with torch/torchvision for reference fixtures and benchmarks (~5 GB: CUDA wheels).
+.venv/.installed: tools/requirements.txt
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install -q -r tools/requirements.txt
+	touch $@
+
+# Rewrites the torchvision reference logits the parity test compares against.
+parity-fixture: .venv/.installed build
+	target/release/inference-server generate-weights --seed 42 --out $(STATE)/parity/resnet50-seed42.safetensors
+	.venv/bin/python tools/parity/make_fixture.py --weights $(STATE)/parity/resnet50-seed42.safetensors \
+		--images inference/tests/fixtures/images --out inference/tests/fixtures/parity.json
+
+# Random weights for tests and the demo (real weights: see README "Model weights").
+weights: $(WEIGHTS)
+$(WEIGHTS): deps
+	$(CARGO) run --release -q -p inference-server -- generate-weights --seed 42 --out $@
+
+test: test-rust
+
+test-rust: deps
+	$(CARGO) test --release --workspace --no-fail-fast
+
+fuzz:
+	tools/fuzz.sh
+
+# Generated files: the CRD from the operator's Rust types (a test fails when these are stale).
+crds:
+	$(CARGO) run -q --release -p inference-operator --bin crdgen -- crds $(wildcard charts/inference-operator/crds)
+
+# The local control plane (etcd, kube-apiserver, kube-controller-manager), built from Go modules.
+cluster-up:
+	hack/cluster.sh up
+
+cluster-down:
+	hack/cluster.sh down
+
+# For now: the server alone on generated weights; the cluster demo replaces this.
+demo: build weights
+	tools/demo-server.sh $(WEIGHTS)
+
+clean:
+	rm -rf $(STATE)

@@ -1,0 +1,101 @@
+//! Command line and environment: every setting has a flag and an env var (the operator sets env).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "inference-server",
+    version,
+    about = "ResNet50 image classification over HTTP"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve predictions over HTTP (the default).
+    Serve(ServeArgs),
+    /// Write deterministic random ResNet50 weights (torchvision names) for tests and demos.
+    /// They are marked as random in the file's metadata and the server warns when it serves them.
+    GenerateWeights {
+        /// Seed: the same seed always gives byte-identical weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum DevicePref {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// 0 picks a free port (it is logged).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// ResNet50 weights: safetensors in torchvision `state_dict` names.
+    #[arg(
+        long,
+        env = "MODEL_PATH",
+        default_value = "/models/resnet50.safetensors"
+    )]
+    pub model_path: PathBuf,
+    /// Name used in responses and in Open Inference Protocol paths (/v2/models/<name>).
+    #[arg(long, env = "MODEL_NAME", default_value = "resnet50")]
+    pub model_name: String,
+    #[arg(long, env = "MODEL_VERSION", default_value = "1.0")]
+    pub model_version: String,
+    #[arg(long, env = "DEVICE", value_enum, default_value = "auto")]
+    pub device: DevicePref,
+    /// Most images in one forward pass.
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_batch_size: u32,
+    /// Most requests waiting for the model; more are refused with 503 + Retry-After.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// A request that waited this long for the model is refused rather than run late.
+    #[arg(long, env = "QUEUE_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub queue_timeout_seconds: f64,
+    /// Threads for the forward pass (0 = one per CPU).
+    #[arg(long, env = "INFERENCE_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// HTTP worker threads (0 = one per CPU).
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+    /// Largest request body; larger ones get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest decoded image (width × height); larger ones get 413 before they are decoded.
+    #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Most images in one Open Inference Protocol request.
+    #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 32)]
+    pub max_client_batch: usize,
+    /// After SIGTERM: /ready answers 503 at once, requests are still served for this long (so
+    /// load balancers stop sending), then the listener closes and in-flight requests finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 5.0)]
+    pub shutdown_grace_seconds: f64,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,306 @@
+//! Dynamic batching in the style of text-embeddings-inference: requests wait in a bounded queue;
+//! the model, on its own thread, takes everything waiting (up to `max_batch` images) each time it
+//! frees up. No timer: at low load a batch is one image with no added latency; under load batches
+//! grow by themselves. A full queue is refused at once (the HTTP layer answers 503 + Retry-After).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::model::INPUT_LEN;
+
+/// Anything that maps a flat (n, 3, 224, 224) batch to flat (n, classes) logits.
+pub trait BatchModel: Send + 'static {
+    fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>>;
+    fn classes(&self) -> usize;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    pub max_batch: usize,
+    pub max_queue: usize,
+    /// A request still queued after this long is answered 503 instead of being run late.
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("the server is at capacity ({0} requests queued); retry shortly")]
+    QueueFull(usize),
+    #[error("the request waited longer than {0:?} for the model")]
+    Expired(Duration),
+    #[error("inference failed: {0}")]
+    Model(String),
+    #[error("the model is shutting down")]
+    Stopped,
+}
+
+pub struct Output {
+    /// (n, classes) logits of this request's images.
+    pub logits: Vec<f32>,
+    pub queue_seconds: f64,
+    pub model_seconds: f64,
+    pub batch_size: usize,
+}
+
+struct Job {
+    input: Vec<f32>,
+    n: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Output, EngineError>>,
+}
+
+pub struct Engine {
+    tx: SyncSender<Job>,
+    cfg: EngineConfig,
+    metrics: Arc<Metrics>,
+    classes: usize,
+}
+
+impl Engine {
+    pub fn start(model: Box<dyn BatchModel>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = sync_channel(cfg.max_queue);
+        let classes = model.classes();
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("model".into())
+            .spawn(move || run(model, rx, cfg, m))
+            .expect("spawn the model thread");
+        Self {
+            tx,
+            cfg,
+            metrics,
+            classes,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.cfg.max_batch
+    }
+
+    /// Queues `n` preprocessed images (flat, n × 3 × 224 × 224) and waits for their logits.
+    pub async fn infer(&self, input: Vec<f32>, n: usize) -> Result<Output, EngineError> {
+        debug_assert_eq!(input.len(), n * INPUT_LEN);
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            input,
+            n,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => self.metrics.queue_depth.inc(),
+            Err(TrySendError::Full(_)) => {
+                self.metrics.rejected.inc();
+                return Err(EngineError::QueueFull(self.cfg.max_queue));
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(EngineError::Stopped),
+        }
+        rx.await.unwrap_or(Err(EngineError::Stopped))
+    }
+}
+
+/// The model thread: collect a batch, run it, fan the logits back out.
+fn run(model: Box<dyn BatchModel>, rx: Receiver<Job>, cfg: EngineConfig, metrics: Arc<Metrics>) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => {
+                    metrics.queue_depth.dec();
+                    job
+                }
+                Err(_) => return, // every sender dropped: the server is gone
+            },
+        };
+        let mut jobs = Vec::new();
+        let mut images = 0;
+        for job in std::iter::once(first).chain(std::iter::from_fn(|| match rx.try_recv() {
+            Ok(job) => {
+                metrics.queue_depth.dec();
+                Some(job)
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        })) {
+            if job.reply.is_closed() {
+                continue; // the client went away: don't spend the model on it
+            }
+            let waited = job.enqueued.elapsed();
+            if waited > cfg.queue_timeout {
+                let _ = job.reply.send(Err(EngineError::Expired(cfg.queue_timeout)));
+                continue;
+            }
+            if images > 0 && images + job.n > cfg.max_batch {
+                carry = Some(job);
+                break;
+            }
+            images += job.n;
+            jobs.push(job);
+            if images >= cfg.max_batch {
+                break;
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        run_batch(model.as_ref(), jobs, images, &metrics);
+    }
+}
+
+fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics: &Metrics) {
+    let started = Instant::now();
+    let input = if jobs.len() == 1 {
+        std::mem::take(&mut jobs[0].input)
+    } else {
+        let mut buf = Vec::with_capacity(images * INPUT_LEN);
+        for job in &mut jobs {
+            buf.append(&mut job.input);
+        }
+        buf
+    };
+    // A panic inside the model must not take the thread (and so the server) down.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(input, images)))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
+    let model_seconds = started.elapsed().as_secs_f64();
+    metrics.model_seconds.observe(model_seconds);
+    metrics.batch_size.observe(images as f64);
+    let classes = model.classes();
+    match result {
+        Ok(logits) if logits.len() == images * classes => {
+            let mut offset = 0;
+            for job in jobs {
+                let len = job.n * classes;
+                let queue_seconds = started.duration_since(job.enqueued).as_secs_f64();
+                metrics.queue_seconds.observe(queue_seconds);
+                let out = Output {
+                    logits: logits[offset..offset + len].to_vec(),
+                    queue_seconds,
+                    model_seconds,
+                    batch_size: images,
+                };
+                offset += len;
+                let _ = job.reply.send(Ok(out));
+            }
+        }
+        Ok(logits) => fail_all(
+            jobs,
+            format!("model returned {} values for {images} images", logits.len()),
+        ),
+        Err(e) => fail_all(jobs, format!("{e:#}")),
+    }
+}
+
+fn fail_all(jobs: Vec<Job>, message: String) {
+    tracing::error!(%message, "forward pass failed");
+    for job in jobs {
+        let _ = job.reply.send(Err(EngineError::Model(message.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A fake model that records batch sizes; logits = image index so outputs can be matched up.
+    struct Recorder {
+        batches: Arc<Mutex<Vec<usize>>>,
+        delay: Duration,
+    }
+
+    impl BatchModel for Recorder {
+        fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+            self.batches.lock().unwrap().push(n);
+            std::thread::sleep(self.delay);
+            Ok((0..n).flat_map(|i| [input[i * INPUT_LEN], 0.0]).collect())
+        }
+        fn classes(&self) -> usize {
+            2
+        }
+    }
+
+    fn image(tag: f32) -> Vec<f32> {
+        vec![tag; INPUT_LEN]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batches_what_waits_and_routes_each_answer_back() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let model = Recorder {
+            batches: batches.clone(),
+            delay: Duration::from_millis(100),
+        };
+        let cfg = EngineConfig {
+            max_batch: 4,
+            max_queue: 16,
+            queue_timeout: Duration::from_secs(10),
+        };
+        let engine = Arc::new(Engine::start(
+            Box::new(model),
+            cfg,
+            Arc::new(Metrics::new()),
+        ));
+        let tasks: Vec<_> = (0..9)
+            .map(|i| {
+                let e = engine.clone();
+                tokio::spawn(async move { (i, e.infer(image(i as f32), 1).await.unwrap()) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, out) = t.await.unwrap();
+            assert_eq!(
+                out.logits,
+                vec![i as f32, 0.0],
+                "request {i} got another request's answer"
+            );
+        }
+        let b = batches.lock().unwrap().clone();
+        assert_eq!(b.iter().sum::<usize>(), 9);
+        assert!(b.iter().all(|&n| n <= 4), "batch over max_batch: {b:?}");
+        assert!(b.len() < 9, "nothing was batched: {b:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn full_queue_is_refused_not_queued() {
+        let model = Recorder {
+            batches: Default::default(),
+            delay: Duration::from_millis(300),
+        };
+        let cfg = EngineConfig {
+            max_batch: 1,
+            max_queue: 1,
+            queue_timeout: Duration::from_secs(10),
+        };
+        let engine = Arc::new(Engine::start(
+            Box::new(model),
+            cfg,
+            Arc::new(Metrics::new()),
+        ));
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let e = engine.clone();
+                tokio::spawn(async move { e.infer(image(i as f32), 1).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                assert_eq!(e, EngineError::QueueFull(1));
+                refused += 1;
+            }
+        }
+        assert!(
+            refused >= 3,
+            "only {refused} of 6 refused with one running and one queued"
+        );
+    }
+}

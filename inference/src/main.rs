@@ -1,0 +1,58 @@
+use clap::Parser;
+use inference_server::config::{Cli, Command, LogFormat, ServeArgs};
+use inference_server::{server, weights};
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let threads = if args.threads == 0 {
+        server::num_cpus()
+    } else {
+        args.threads
+    };
+    // candle's CPU kernels size their parallelism from RAYON_NUM_THREADS; set it before any
+    // thread exists so the value is read consistently.
+    // SAFETY: single-threaded at this point (no runtime, no pools started yet).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    rayon_pool(threads)?;
+    actix_web::rt::System::new().block_on(server::serve(args))
+}
+
+fn rayon_pool(threads: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("infer-{i}"))
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot start the inference thread pool: {e}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::GenerateWeights { seed, out }) => {
+            weights::write_random(&out, seed).map(|()| {
+                println!(
+                    "wrote random ResNet50 weights (seed {seed}) to {}",
+                    out.display()
+                );
+            })
+        }
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    if let Err(e) = result {
+        eprintln!("inference-server: error: {e:#}");
+        std::process::exit(1);
+    }
+}

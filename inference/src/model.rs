@@ -1,0 +1,167 @@
+//! ResNet50 (torchvision v1.5 layout) with every BatchNorm folded into the convolution before it
+//! at load time, so a forward pass is conv + bias (+ ReLU) per layer instead of conv + 4 BN passes.
+//! `stock` builds candle-transformers' unmodified resnet50 from the same weights, for tests and
+//! benchmarks.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+pub use crate::preprocess::{INPUT_LEN, INPUT_SIZE};
+use crate::weights::{NUM_CLASSES, STAGES, Weights};
+
+const BN_EPS: f64 = 1e-5;
+
+/// A convolution with its BatchNorm folded in: `y = conv(x, w * s) + (beta - mean * s)`,
+/// `s = gamma / sqrt(var + eps)`.
+struct FoldedConv {
+    weight: Tensor,
+    bias: Tensor, // shape (1, C, 1, 1) for a broadcast add
+    stride: usize,
+    padding: usize,
+}
+
+impl FoldedConv {
+    fn new(w: &Weights, conv: &str, bn: &str, stride: usize, padding: usize) -> Result<Self> {
+        let get = |n: &str| {
+            w.tensors
+                .get(n)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{n}`")))
+        };
+        let weight = get(&format!("{conv}.weight"))?;
+        let gamma = get(&format!("{bn}.weight"))?;
+        let beta = get(&format!("{bn}.bias"))?;
+        let mean = get(&format!("{bn}.running_mean"))?;
+        let var = get(&format!("{bn}.running_var"))?;
+        // Fold in f64 so the folded weights round once, not at every intermediate step.
+        let scale =
+            (gamma.to_dtype(DType::F64)? / (var.to_dtype(DType::F64)? + BN_EPS)?.sqrt()?)?;
+        let c = scale.dim(0)?;
+        let weight = weight
+            .to_dtype(DType::F64)?
+            .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
+            .to_dtype(DType::F32)?;
+        let bias = (beta.to_dtype(DType::F64)? - (mean.to_dtype(DType::F64)? * &scale)?)?
+            .to_dtype(DType::F32)?
+            .reshape((1, c, 1, 1))?;
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let y = x
+            .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            .broadcast_add(&self.bias)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+}
+
+struct Bottleneck {
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    conv3: FoldedConv,
+    downsample: Option<FoldedConv>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv1.forward(x, true)?;
+        let y = self.conv2.forward(&y, true)?;
+        let y = self.conv3.forward(&y, false)?;
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x, false)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+pub struct ResNet50 {
+    stem: FoldedConv,
+    blocks: Vec<Bottleneck>,
+    fc_weight_t: Tensor, // (2048, classes), transposed once at load
+    fc_bias: Tensor,
+}
+
+impl ResNet50 {
+    pub fn new(w: &Weights) -> Result<Self> {
+        let stem = FoldedConv::new(w, "conv1", "bn1", 2, 3)?;
+        let mut blocks = Vec::new();
+        for (layer, count, _, stride) in STAGES {
+            for b in 0..count {
+                let p = format!("{layer}.{b}");
+                let s = if b == 0 { stride } else { 1 };
+                blocks.push(Bottleneck {
+                    conv1: FoldedConv::new(w, &format!("{p}.conv1"), &format!("{p}.bn1"), 1, 0)?,
+                    // torchvision v1.5: the stride sits on the 3x3 conv.
+                    conv2: FoldedConv::new(w, &format!("{p}.conv2"), &format!("{p}.bn2"), s, 1)?,
+                    conv3: FoldedConv::new(w, &format!("{p}.conv3"), &format!("{p}.bn3"), 1, 0)?,
+                    downsample: if b == 0 {
+                        Some(FoldedConv::new(
+                            w,
+                            &format!("{p}.downsample.0"),
+                            &format!("{p}.downsample.1"),
+                            s,
+                            0,
+                        )?)
+                    } else {
+                        None
+                    },
+                });
+            }
+        }
+        let fc_weight_t = w.tensors["fc.weight"].t()?.contiguous()?;
+        let fc_bias = w.tensors["fc.bias"].clone();
+        Ok(Self {
+            stem,
+            blocks,
+            fc_weight_t,
+            fc_bias,
+        })
+    }
+
+    /// `x`: (N, 3, 224, 224) normalised images → (N, 1000) logits.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.stem.forward(x, true)?;
+        // Max-pool 3x3/2 with padding 1: the input is post-ReLU (>= 0), so zero padding
+        // equals torchvision's -inf padding.
+        let y = y
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .max_pool2d_with_stride(3, 2)?;
+        let mut y = y;
+        for block in &self.blocks {
+            y = block.forward(&y)?;
+        }
+        let pooled = y.mean(D::Minus1)?.mean(D::Minus1)?;
+        pooled
+            .matmul(&self.fc_weight_t)?
+            .broadcast_add(&self.fc_bias)
+    }
+}
+
+/// candle-transformers' resnet50, unmodified (BatchNorm applied per call), on the same weights.
+pub fn stock(w: &Weights, device: &Device) -> Result<candle_nn::Func<'static>> {
+    let vb = VarBuilder::from_tensors(w.tensors.clone(), DType::F32, device);
+    candle_transformers::models::resnet::resnet50(NUM_CLASSES, vb)
+}
+
+/// Runs any model on a batch held in one flat buffer.
+pub fn forward_flat(
+    model: &ResNet50,
+    input: Vec<f32>,
+    n: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let x =
+        Tensor::from_vec(input, (n, 3, INPUT_SIZE, INPUT_SIZE), &Device::Cpu)?.to_device(device)?;
+    let logits = model.forward(&x)?;
+    logits
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}

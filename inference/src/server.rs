@@ -1,0 +1,189 @@
+//! Process wiring: device choice, background model load + warm-up, routes, graceful shutdown.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer, web};
+use candle_core::Device;
+
+use crate::api;
+use crate::config::{DevicePref, ServeArgs};
+use crate::engine::{BatchModel, Engine, EngineConfig};
+use crate::model::{self, INPUT_LEN, ResNet50};
+use crate::state::{AppState, WeightsInfo};
+use crate::v2;
+use crate::weights::{self, NUM_CLASSES};
+
+/// CPU unless asked otherwise; `auto` takes GPU 0 when this is a CUDA build and one is usable.
+pub fn select_device(pref: DevicePref) -> anyhow::Result<Device> {
+    match pref {
+        DevicePref::Cpu => Ok(Device::Cpu),
+        DevicePref::Cuda => Device::new_cuda(0).map_err(|e| {
+            anyhow::anyhow!(
+                "DEVICE=cuda but no CUDA device can be used: {e}{}",
+                if cfg!(feature = "cuda") {
+                    ""
+                } else {
+                    " (this binary was built without the `cuda` feature)"
+                }
+            )
+        }),
+        DevicePref::Auto if cfg!(feature = "cuda") => Ok(Device::new_cuda(0).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no usable GPU; falling back to CPU");
+            Device::Cpu
+        })),
+        DevicePref::Auto => Ok(Device::Cpu),
+    }
+}
+
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda:0".into(),
+        Device::Metal(_) => "metal:0".into(),
+    }
+}
+
+struct CandleModel {
+    model: ResNet50,
+    device: Device,
+}
+
+impl BatchModel for CandleModel {
+    fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        Ok(model::forward_flat(&self.model, input, n, &self.device)?)
+    }
+    fn classes(&self) -> usize {
+        NUM_CLASSES
+    }
+}
+
+/// Loads and checks the weights, runs one warm-up forward, then opens the engine (→ ready).
+fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let args = &state.args;
+    let w = weights::load(&args.model_path, &device)?;
+    if let Some(seed) = &w.random_seed {
+        tracing::warn!(
+            seed = %seed,
+            path = %args.model_path.display(),
+            "serving RANDOM weights written by `inference-server generate-weights`: predictions are meaningless; see the README for real ResNet50 weights"
+        );
+    }
+    let model = ResNet50::new(&w).map_err(|e| {
+        anyhow::anyhow!("{}: cannot build ResNet50: {e}", args.model_path.display())
+    })?;
+    let model = CandleModel { model, device };
+    model
+        .forward(vec![0.0; INPUT_LEN], 1)
+        .map_err(|e| anyhow::anyhow!("warm-up forward pass failed: {e:#}"))?;
+    let _ = state.weights_info.set(WeightsInfo {
+        fingerprint: w.sha256_prefix,
+        random_seed: w.random_seed,
+    });
+    let cfg = EngineConfig {
+        max_batch: args.max_batch_size as usize,
+        max_queue: args.max_queue as usize,
+        queue_timeout: Duration::from_secs_f64(args.queue_timeout_seconds),
+    };
+    let _ = state
+        .engine
+        .set(Engine::start(Box::new(model), cfg, state.metrics.clone()));
+    let secs = started.elapsed().as_secs_f64();
+    state.metrics.model_load_seconds.set(secs);
+    tracing::info!(seconds = secs, "model loaded and warmed up; ready");
+    Ok(())
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    // Each resource answers other methods with a JSON 405 instead of actix's empty 404.
+    fn resource(path: &str) -> actix_web::Resource {
+        web::resource(path).default_service(web::to(api::method_not_allowed))
+    }
+    cfg.service(resource("/predict").route(web::post().to(api::predict)))
+        .service(resource("/health").route(web::get().to(api::health)))
+        .service(resource("/ready").route(web::get().to(api::ready)))
+        .service(resource("/version").route(web::get().to(api::version)))
+        .service(resource("/metrics").route(web::get().to(api::metrics)))
+        .service(resource("/v2").route(web::get().to(v2::server_metadata)))
+        .service(resource("/v2/health/live").route(web::get().to(v2::live)))
+        .service(resource("/v2/health/ready").route(web::get().to(v2::server_ready)))
+        .service(resource("/v2/models/{model}").route(web::get().to(v2::model_metadata)))
+        .service(resource("/v2/models/{model}/ready").route(web::get().to(v2::model_ready)))
+        .service(resource("/v2/models/{model}/infer").route(web::post().to(v2::infer)));
+}
+
+/// Runs the server until SIGTERM/SIGINT has been handled; a weights error ends the process (exit 1).
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let device = select_device(args.device)?;
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let workers = if args.http_workers == 0 {
+        num_cpus()
+    } else {
+        args.http_workers
+    };
+    let grace = Duration::from_secs_f64(args.shutdown_grace_seconds);
+    let state = web::Data::new(AppState::new(args));
+    let _ = state.device.set(device_name(&device));
+    tracing::info!(address = %addr, device = state.device_name(), "listening on http://{addr}");
+
+    let loader_state = state.clone().into_inner();
+    std::thread::Builder::new()
+        .name("model-load".into())
+        .spawn(move || {
+            if let Err(e) = load_model(&loader_state, device) {
+                // One line, no backtrace: the file and tensor are in the message.
+                eprintln!("inference-server: error: {e:#}");
+                std::process::exit(1);
+            }
+        })?;
+
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .configure(routes)
+            .default_service(web::to(api::not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        state
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            grace_seconds = grace.as_secs_f64(),
+            "shutdown requested: /ready now 503, still serving during the grace period"
+        );
+        tokio::time::sleep(grace).await;
+        tracing::info!("closing the listener; waiting for in-flight requests");
+        handle.stop(true).await;
+    });
+    server.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,73 @@
+//! What the HTTP handlers share: settings, metrics, and the model once it has loaded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::config::ServeArgs;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::preprocess::DecodeLimits;
+
+pub struct WeightsInfo {
+    pub fingerprint: String,
+    pub random_seed: Option<String>,
+}
+
+pub struct AppState {
+    pub args: ServeArgs,
+    pub metrics: Arc<Metrics>,
+    pub decode_limits: DecodeLimits,
+    /// Set once, after the weights loaded and a warm-up forward pass ran.
+    pub engine: OnceLock<Engine>,
+    pub weights_info: OnceLock<WeightsInfo>,
+    pub device: OnceLock<String>,
+    /// Set by SIGTERM: readiness fails so the endpoints drop this pod before it stops.
+    pub draining: AtomicBool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Phase {
+    Loading,
+    Ready,
+    Draining,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+        }
+    }
+}
+
+impl AppState {
+    pub fn new(args: ServeArgs) -> Self {
+        Self {
+            decode_limits: DecodeLimits {
+                max_pixels: args.max_image_pixels,
+            },
+            args,
+            metrics: Arc::new(Metrics::new()),
+            engine: OnceLock::new(),
+            weights_info: OnceLock::new(),
+            device: OnceLock::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        if self.draining.load(Ordering::SeqCst) {
+            Phase::Draining
+        } else if self.engine.get().is_some() {
+            Phase::Ready
+        } else {
+            Phase::Loading
+        }
+    }
+
+    pub fn device_name(&self) -> &str {
+        self.device.get().map(String::as_str).unwrap_or("pending")
+    }
+}

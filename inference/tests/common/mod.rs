@@ -1,0 +1,206 @@
+//! Starts the real `inference-server` binary on an ephemeral port with generated weights.
+#![allow(dead_code)] // each test binary uses a different part of this helper
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_inference-server");
+pub const SEED: u64 = 42;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn image(name: &str) -> Vec<u8> {
+    std::fs::read(fixture("images").join(name)).unwrap()
+}
+
+/// Generated once per test binary with the server's own `generate-weights` command.
+pub fn weights() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "resnet50-seed{SEED}-{}.safetensors",
+            std::process::id()
+        ));
+        let status = Command::new(BIN)
+            .args(["generate-weights", "--seed", &SEED.to_string(), "--out"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "generate-weights failed");
+        path
+    })
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub agent: ureq::Agent,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the server with extra env and waits until /ready answers 200.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let mut s = Self::spawn(weights(), env);
+        s.wait_ready(Duration::from_secs(120));
+        s
+    }
+
+    pub fn spawn(weights: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("MODEL_PATH", weights)
+            .env("LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .env("INFERENCE_THREADS", "2")
+            .env("SHUTDOWN_GRACE_SECONDS", "0.5")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let (Some(t), Some(i)) = (&tx, line.find("listening on http://")) {
+                    let addr = line[i + "listening on http://".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                    t.send(addr).unwrap();
+                    tx = None;
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server never said where it listens");
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            agent,
+            log,
+        }
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("server exited during start-up: {status}");
+            }
+            if let Ok(r) = self.agent.get(format!("{}/ready", self.base)).call()
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "server not ready after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut r = self.agent.get(self.url(path)).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let mut r = self
+            .agent
+            .post(self.url(path))
+            .header("Content-Type", content_type)
+            .send(body)
+            .unwrap();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        Reply {
+            status: r.status().as_u16(),
+            body: r.body_mut().read_to_string().unwrap(),
+            retry_after,
+        }
+    }
+
+    pub fn predict_multipart(&self, field: &str, filename: &str, bytes: &[u8]) -> Reply {
+        let (ct, body) = multipart(field, filename, bytes);
+        self.post("/predict", &ct, &body)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub retry_after: Option<String>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `error` in {}", self.body))
+            .to_string()
+    }
+}
+
+pub fn multipart(field: &str, filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----inference-test-boundary-7MA4YWxkTrZu0gW";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}

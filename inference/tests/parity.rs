@@ -1,0 +1,179 @@
+//! Parity with torchvision: the same generated weights and the same real photos must give the
+//! logits that `torchvision.models.resnet50` + the seed's transform gave (fixture written by
+//! `tools/parity/make_fixture.py`, see `make parity-fixture`).
+
+mod common;
+
+use candle_core::Device;
+use inference_server::model::{self, INPUT_LEN, INPUT_SIZE, ResNet50};
+use inference_server::preprocess::{self, DecodeLimits, Filter};
+use inference_server::weights;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Largest |Δlogit| accepted. Preprocessing is bit-identical to PIL (checked below), so what is
+/// left is float32 summation order (candle vs torch): measured ≤ 6e-5 here, plus the fixture's
+/// 6-significant-digit rounding (≤ 1e-5). Real mistakes are far larger (`make_fixture.py
+/// --perturb` on these photos): one uint8 level on the resized pixels 5e-3..2.3e-2, a 1-px crop
+/// shift ≥ 2.0e-2, bicubic instead of bilinear ≥ 3.7e-2. 1e-3 is 15x above the noise and 20x
+/// below the smallest mistake; `tolerance_catches_wrong_filter_and_wrong_crop` re-proves the
+/// second half on every run.
+const TOL: f32 = 1e-3;
+
+fn fixture() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(common::fixture("parity.json")).unwrap()).unwrap()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn model() -> ResNet50 {
+    let fx = fixture();
+    let path = common::weights();
+    assert_eq!(
+        hex_sha256(&std::fs::read(path).unwrap()),
+        fx["weights"]["sha256"].as_str().unwrap(),
+        "generate-weights --seed {} no longer writes the weights the fixture was made from: regenerate it (make parity-fixture)",
+        common::SEED
+    );
+    ResNet50::new(&weights::load(path, &Device::Cpu).unwrap()).unwrap()
+}
+
+fn top5(logits: &[f32]) -> Vec<u64> {
+    inference_server::api::top_k_raw(logits, 5)
+        .into_iter()
+        .map(|(id, _)| id as u64)
+        .collect()
+}
+
+struct Case {
+    file: String,
+    bytes: Vec<u8>,
+    expected: Vec<f32>,
+    top5: Vec<u64>,
+    image: Value,
+}
+
+fn cases() -> Vec<Case> {
+    let fx = fixture();
+    fx["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|im| {
+            let file = im["file"].as_str().unwrap().to_string();
+            let bytes = common::image(&file);
+            assert_eq!(
+                hex_sha256(&bytes),
+                im["sha256"].as_str().unwrap(),
+                "{file} changed since the fixture was made"
+            );
+            Case {
+                expected: im["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect(),
+                top5: im["top5"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect(),
+                file,
+                bytes,
+                image: im.clone(),
+            }
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn bytes_to_logits_matches_torchvision() {
+    let fx = fixture();
+    let model = model();
+    let positions = fx["sample_positions"].as_array().unwrap();
+    let mut report = Vec::new();
+    for case in cases() {
+        let input = preprocess::preprocess(&case.bytes, &DecodeLimits::default()).unwrap();
+        // The input tensor first: a preprocessing mistake shows here before it blurs into logits.
+        let plane = INPUT_SIZE * INPUT_SIZE;
+        for (pos, want) in positions
+            .iter()
+            .zip(case.image["input_stats"]["sample"].as_array().unwrap())
+        {
+            let p: Vec<usize> = pos
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let got = input[p[0] * plane + p[1] * INPUT_SIZE + p[2]];
+            let want = want.as_f64().unwrap() as f32;
+            assert_eq!(
+                got, want,
+                "{}: input{p:?} differs from torchvision's",
+                case.file
+            );
+        }
+        let sum: f64 = input.iter().map(|&v| v as f64).sum();
+        let want_sum = case.image["input_stats"]["sum"].as_f64().unwrap();
+        assert!(
+            (sum - want_sum).abs() < 1e-6 * INPUT_LEN as f64,
+            "{}: input sum {sum}, torchvision {want_sum}",
+            case.file
+        );
+
+        let logits = model::forward_flat(&model, input, 1, &Device::Cpu).unwrap();
+        let diff = max_abs_diff(&logits, &case.expected);
+        report.push(format!("{}: max|Δlogit| {diff:.2e}", case.file));
+        assert_eq!(
+            top5(&logits),
+            case.top5,
+            "{}: top-5 differs from torchvision",
+            case.file
+        );
+        assert!(diff <= TOL, "{}: max |Δlogit| {diff} > {TOL}", case.file);
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// Breaks the preprocessing on purpose (bicubic instead of bilinear; crop moved by one pixel) and
+/// checks the parity test would have failed on every photo: the tolerance is tight enough.
+#[test]
+fn tolerance_catches_wrong_filter_and_wrong_crop() {
+    let model = model();
+    for (what, filter, shift) in [
+        ("bicubic", Filter::Bicubic, 0),
+        ("crop +1px", Filter::Bilinear, 1),
+    ] {
+        for case in cases() {
+            let rgb = preprocess::decode_rgb8(&case.bytes, &DecodeLimits::default()).unwrap();
+            let mut input = vec![0f32; INPUT_LEN];
+            preprocess::normalize_into(
+                &preprocess::resize_center_crop_with(&rgb, filter, shift),
+                &mut input,
+            );
+            let logits = model::forward_flat(&model, input, 1, &Device::Cpu).unwrap();
+            let diff = max_abs_diff(&logits, &case.expected);
+            assert!(
+                diff > TOL,
+                "{what} on {} stays within tolerance ({diff} <= {TOL}): the parity test is blind to it",
+                case.file
+            );
+        }
+    }
+}

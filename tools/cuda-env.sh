@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Source this to build the `cuda` feature on a machine without a CUDA toolkit: installs nvcc and
+# the CUDA 13.4 runtime/cuBLAS/cuRAND from PyPI's split wheels into ~/.cache (once), and sets
+# PATH / CUDA_COMPUTE_CAP / library paths. 13.4: cudarc 0.19 knows CUDA versions up to 13.4.
+#   source tools/cuda-env.sh && cargo build --release -p inference-server --features cuda
+# CUDA_COMPUTE_CAP defaults to 80: plain compute_80 PTX, which the driver JITs on sm_86/89/90/100
+# (90 and above would produce arch-specific "a" PTX that runs on that arch only).
+cuda_root=${CUDA_WHEELS_DIR:-$HOME/.cache/inference-cuda/13.4}
+if [ ! -x "$cuda_root/nvidia/cu13/bin/nvcc" ]; then
+  python3 -m pip install -q --target "$cuda_root" \
+    "nvidia-cuda-nvcc==13.4.*" "nvidia-cuda-runtime==13.4.*" "nvidia-cuda-crt==13.4.*" \
+    "nvidia-nvvm==13.4.*" "nvidia-cuda-cccl" "nvidia-cuda-nvrtc==13.4.*" \
+    "nvidia-curand" "nvidia-cublas" || return 1
+fi
+cu=$cuda_root/nvidia/cu13
+# The wheels ship only versioned libraries and no driver: link against unversioned symlinks and
+# a stub libcuda (soname libcuda.so.1), as CUDA's own lib64/stubs does. The real driver is loaded
+# at run time on a GPU node.
+stubs=$cuda_root/link
+if [ ! -e "$stubs/libcuda.so" ]; then
+  mkdir -p "$stubs"
+  for lib in cudart cublas cublasLt curand nvrtc; do
+    f=$(ls "$cu"/lib/lib$lib.so.* 2>/dev/null | head -1)
+    [ -n "$f" ] && ln -sf "$f" "$stubs/lib$lib.so"
+  done
+  # Every driver entry point cudarc may bind, as an empty function: enough to link, never run.
+  nm -D --defined-only "$cu"/lib/libcudart.so.* >/dev/null 2>&1 || true
+  printf 'void cuInit(void){}\n' > "$stubs/stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -Wl,--unresolved-symbols=ignore-all -o "$stubs/libcuda.so" "$stubs/stub.c"
+fi
+export PATH=$cu/bin:$PATH
+export CUDA_HOME=$cu CUDA_PATH=$cu
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
+export CUDARC_CUDA_VERSION=13040
+export LIBRARY_PATH=$stubs:$cu/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
+export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined -C link-arg=-Wl,--unresolved-symbols=ignore-in-shared-libs"
