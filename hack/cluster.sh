@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager) built
+# from source by hack/build-control-plane.sh. No scheduler and no kubelet: Pods stay Pending,
+# unless the local node (local-node/, see node-up) runs: it schedules and runs them.
+#
+# Usage: hack/cluster.sh up|down|status|env|node-up|node-down
+#   up      build or reuse the binaries, create certs, start what is not running, wait for
+#           /readyz and the default ServiceAccount, write $CLUSTER_STATE_DIR/kubeconfig;
+#           also runs node-up when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are both set
+#   down    stop the local node (and its pod processes), then the control plane
+#           (SIGTERM, SIGKILL after CLUSTER_STOP_TIMEOUT), and delete the state
+#   status  show which processes run
+#   env     print `export KUBECONFIG=...` (use: eval "$(hack/cluster.sh env)")
+#   node-up    start the local node (local-node/: registers a Node, schedules pods onto it,
+#              runs inference-server pods as local processes); needs LOCAL_NODE_BIN and
+#              INFERENCE_SERVER_BIN; waits until the Node is Ready
+#   node-down  stop the local node and every pod process it started
+#
+# Environment (defaults):
+#   CLUSTER_STATE_DIR          <repo>/.state/cluster
+#   CLUSTER_ETCD_PORT          23790   etcd client port (127.0.0.1)
+#   CLUSTER_ETCD_PEER_PORT     23800   etcd peer port (127.0.0.1)
+#   CLUSTER_APISERVER_PORT     16443   kube-apiserver secure port (127.0.0.1)
+#   CLUSTER_KCM_PORT           20257   kube-controller-manager secure (healthz) port (127.0.0.1)
+#   CLUSTER_SERVICE_CIDR       10.96.0.0/16  (never routed; ClusterIPs are bookkeeping only)
+#   CLUSTER_WATCH_CACHE        true    kube-apiserver --watch-cache
+#   CLUSTER_KCM_CONTROLLERS    see KCM_CONTROLLERS_DEFAULT below
+#   CLUSTER_APISERVER_EXTRA_ARGS, CLUSTER_KCM_EXTRA_ARGS  appended flags (word-split)
+#   CLUSTER_START_TIMEOUT      180     seconds to wait for each component
+#   CLUSTER_STOP_TIMEOUT       15      seconds between SIGTERM and SIGKILL
+#   CLUSTER_BIN_DIR            (from hack/build-control-plane.sh) use these binaries instead
+#   LOCAL_NODE_BIN             local-node binary (cargo build -p local-node)
+#   INFERENCE_SERVER_BIN       the binary local-node runs for pods (cargo build --release -p inference-server)
+#   CLUSTER_NODE_NAME          local-node     Node name
+#   CLUSTER_NODE_IP_PREFIX     198.18.100     pod IPs are <prefix>.2-254; local-node makes them local
+#                                             (ip route add local <prefix>.0/24 dev lo; needs root) or
+#                                             falls back to 127.0.100 (then Services get no endpoints:
+#                                             the apiserver refuses loopback IPs in EndpointSlices)
+#   CLUSTER_NODE_ARGS          extra local-node flags (word-split), e.g. --default-env MODEL_PATH=/w.safetensors
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+S=${CLUSTER_STATE_DIR:-$repo/.state/cluster}
+ETCD_PORT=${CLUSTER_ETCD_PORT:-23790}
+ETCD_PEER_PORT=${CLUSTER_ETCD_PEER_PORT:-23800}
+API_PORT=${CLUSTER_APISERVER_PORT:-16443}
+KCM_PORT=${CLUSTER_KCM_PORT:-20257}
+SERVICE_CIDR=${CLUSTER_SERVICE_CIDR:-10.96.0.0/16}
+WATCH_CACHE=${CLUSTER_WATCH_CACHE:-true}
+START_TIMEOUT=${CLUSTER_START_TIMEOUT:-180}
+STOP_TIMEOUT=${CLUSTER_STOP_TIMEOUT:-15}
+KCM_CONTROLLERS_DEFAULT=deployment-controller,replicaset-controller,garbage-collector-controller,horizontal-pod-autoscaler-controller,namespace-controller,endpointslice-controller,endpoints-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,service-cidr-controller,statefulset-controller,job-controller,disruption-controller,pod-garbage-collector-controller
+KCM_CONTROLLERS=${CLUSTER_KCM_CONTROLLERS:-$KCM_CONTROLLERS_DEFAULT}
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+MARKER=.inference-cluster-state
+
+log() { echo "cluster: $*" >&2; }
+die() { echo "cluster: error: $*" >&2; exit 1; }
+
+pid_of() { # component -> pid if its process runs, else nothing
+  local f="$S/run/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid=$(<"$f")
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # guard against pid reuse: the process must be our binary
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "/$1 " || return 1
+  echo "$pid"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+require_free_port() { # component port
+  if port_busy "$2"; then
+    local who=""
+    command -v ss >/dev/null && who=$(ss -Hltnp "sport = :$2" 2>/dev/null | head -1)
+    die "port 127.0.0.1:$2 needed by $1 is already in use${who:+ ($who)}; stop that process or set the port variable (see $0 header)"
+  fi
+}
+
+wait_for() { # description timeout-seconds component command...
+  local what=$1 timeout=$2 comp=$3; shift 3
+  local t0=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    if [[ -n "$comp" ]] && ! pid_of "$comp" >/dev/null; then
+      tail -n 30 "$S/logs/$comp.log" >&2 || true
+      die "$comp exited while waiting for $what; log: $S/logs/$comp.log"
+    fi
+    (( SECONDS - t0 < timeout )) || die "timed out after ${timeout}s waiting for $what; logs under $S/logs/"
+    sleep 0.5
+  done
+  log "$what ok after $((SECONDS - t0))s"
+}
+
+start_bg() { # component args...
+  local comp=$1; shift
+  setsid "$BIN/$comp" "$@" >>"$S/logs/$comp.log" 2>&1 </dev/null &
+  echo $! >"$S/run/$comp.pid"
+  log "started $comp (pid $!), log $S/logs/$comp.log"
+}
+
+# ---------------------------------------------------------------------------------- certs
+gen_certs() {
+  local P="$S/pki"
+  [[ -f "$P/.done" ]] && return
+  log "generating certificates in $P"
+  rm -rf "$P"; mkdir -p "$P"
+  local svc_ip
+  svc_ip=$(first_service_ip "$SERVICE_CIDR")
+  (
+    cd "$P"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -keyout ca.key -out ca.crt -subj "/CN=inference-local-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    leaf() { # name subject extensions
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2"
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
+        -extfile "$1.ext" -out "$1.crt"
+      rm -f "$1.csr" "$1.ext"
+    }
+    leaf apiserver "/CN=kube-apiserver" \
+      "extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:$svc_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    leaf admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
+    leaf kcm "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+    # front-proxy (aggregation layer, e.g. a metrics API for the HPA): its own CA and client
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -keyout front-proxy-ca.key -out front-proxy-ca.crt -subj "/CN=inference-local-front-proxy-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout front-proxy-client.key \
+      -out front-proxy-client.csr -subj "/CN=front-proxy-client"
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=clientAuth" >front-proxy-client.ext
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key \
+      -CAcreateserial -days 3650 -sha256 -extfile front-proxy-client.ext -out front-proxy-client.crt
+    rm -f front-proxy-client.csr front-proxy-client.ext
+    openssl genrsa -out sa.key 2048
+    openssl rsa -in sa.key -pubout -out sa.pub
+  ) 2>"$S/logs/openssl.log" || { cat "$S/logs/openssl.log" >&2; die "openssl failed"; }
+  chmod 600 "$P"/*.key
+  touch "$P/.done"
+}
+
+first_service_ip() { # a.b.c.d/n -> network address + 1
+  local ip=${1%/*} bits=${1#*/} a b c d n
+  IFS=. read -r a b c d <<<"$ip"
+  n=$(( (a << 24 | b << 16 | c << 8 | d) & (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF ))
+  n=$((n + 1))
+  echo "$((n >> 24 & 255)).$((n >> 16 & 255)).$((n >> 8 & 255)).$((n & 255))"
+}
+
+write_kubeconfig() { # file user cert-name
+  local b64="base64 -w0"
+  cat >"$1.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: inference-local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $($b64 <"$S/pki/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $($b64 <"$S/pki/$3.crt")
+    client-key-data: $($b64 <"$S/pki/$3.key")
+contexts:
+- name: inference-local
+  context:
+    cluster: inference-local
+    user: $2
+    namespace: default
+current-context: inference-local
+EOF
+  chmod 600 "$1.tmp"
+  mv -f "$1.tmp" "$1"
+}
+
+api_get() { # path
+  curl -fsS --max-time 5 --cacert "$S/pki/ca.crt" --cert "$S/pki/admin.crt" --key "$S/pki/admin.key" \
+    "https://127.0.0.1:$API_PORT$1"
+}
+
+# ---------------------------------------------------------------------------------- commands
+cmd_up() {
+  local t_up=$SECONDS
+  if [[ -n "${CLUSTER_BIN_DIR:-}" ]]; then
+    BIN=$CLUSTER_BIN_DIR
+  else
+    "$here/build-control-plane.sh" >&2
+    BIN=$("$here/build-control-plane.sh" --print-bin-dir)
+  fi
+  local c
+  for c in "${COMPONENTS[@]}"; do [[ -x "$BIN/$c" ]] || die "missing $BIN/$c"; done
+  command -v openssl >/dev/null || die "openssl not found"
+  command -v curl >/dev/null || die "curl not found"
+
+  if [[ -d "$S" && ! -f "$S/$MARKER" && -n "$(ls -A "$S")" ]]; then
+    die "$S exists and is not a cluster state dir (no $MARKER); refusing to use it"
+  fi
+  mkdir -p "$S/run" "$S/logs" "$S/etcd" "$S/kcm"
+  touch "$S/$MARKER"
+  # settings that must not change under a running cluster
+  echo "ports etcd=$ETCD_PORT/$ETCD_PEER_PORT apiserver=$API_PORT kcm=$KCM_PORT cidr=$SERVICE_CIDR bin=$BIN" >"$S/run/settings.new"
+  if [[ -f "$S/run/settings" ]] && ! cmp -s "$S/run/settings" "$S/run/settings.new"; then
+    local running=0
+    for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null && running=1; done
+    (( running )) && die "the running cluster was started with other settings ($(cat "$S/run/settings")); run '$0 down' first"
+  fi
+  mv -f "$S/run/settings.new" "$S/run/settings"
+  gen_certs
+  write_kubeconfig "$S/kubeconfig" admin admin
+  write_kubeconfig "$S/kcm.kubeconfig" system:kube-controller-manager kcm
+
+  # Fail fast: every port we will listen on must be free unless our component holds it.
+  pid_of etcd >/dev/null || { require_free_port etcd "$ETCD_PORT"; require_free_port etcd-peer "$ETCD_PEER_PORT"; }
+  pid_of kube-apiserver >/dev/null || require_free_port kube-apiserver "$API_PORT"
+  pid_of kube-controller-manager >/dev/null || require_free_port kube-controller-manager "$KCM_PORT"
+
+  export GOMAXPROCS=${GOMAXPROCS:-2}
+
+  if pid_of etcd >/dev/null; then log "etcd already running"; else
+    start_bg etcd --name=inference-local --data-dir="$S/etcd" \
+      --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+      --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-cluster="inference-local=http://127.0.0.1:$ETCD_PEER_PORT" \
+      --unsafe-no-fsync=true --quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) \
+      --auto-compaction-mode=periodic --auto-compaction-retention=10m \
+      --snapshot-count=10000 --log-level=warn
+  fi
+  wait_for "etcd /health" "$START_TIMEOUT" etcd curl -fsS --max-time 3 "http://127.0.0.1:$ETCD_PORT/health"
+
+  if pid_of kube-apiserver >/dev/null; then log "kube-apiserver already running"; else
+    # shellcheck disable=SC2086
+    start_bg kube-apiserver \
+      --etcd-servers="http://127.0.0.1:$ETCD_PORT" --etcd-prefix=/registry \
+      --bind-address=127.0.0.1 --secure-port="$API_PORT" \
+      --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+      --tls-cert-file="$S/pki/apiserver.crt" --tls-private-key-file="$S/pki/apiserver.key" \
+      --client-ca-file="$S/pki/ca.crt" \
+      --requestheader-client-ca-file="$S/pki/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+      --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+      --requestheader-extra-headers-prefix=X-Remote-Extra- \
+      --proxy-client-cert-file="$S/pki/front-proxy-client.crt" --proxy-client-key-file="$S/pki/front-proxy-client.key" \
+      --authorization-mode=Node,RBAC --anonymous-auth=true \
+      --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+      --service-account-key-file="$S/pki/sa.pub" --service-account-signing-key-file="$S/pki/sa.key" \
+      --api-audiences=https://kubernetes.default.svc.cluster.local \
+      --service-cluster-ip-range="$SERVICE_CIDR" \
+      --enable-admission-plugins=NodeRestriction \
+      --allow-privileged=true \
+      --watch-cache="$WATCH_CACHE" \
+      --profiling=false --event-ttl=30m \
+      --max-requests-inflight=200 --max-mutating-requests-inflight=100 \
+      ${CLUSTER_APISERVER_EXTRA_ARGS:-}
+  fi
+  wait_for "kube-apiserver /readyz" "$START_TIMEOUT" kube-apiserver api_get /readyz
+
+  if pid_of kube-controller-manager >/dev/null; then log "kube-controller-manager already running"; else
+    # shellcheck disable=SC2086
+    start_bg kube-controller-manager \
+      --kubeconfig="$S/kcm.kubeconfig" \
+      --authentication-kubeconfig="$S/kcm.kubeconfig" --authorization-kubeconfig="$S/kcm.kubeconfig" \
+      --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$S/kcm" \
+      --leader-elect=false \
+      --controllers="$KCM_CONTROLLERS" \
+      --use-service-account-credentials=true \
+      --service-account-private-key-file="$S/pki/sa.key" --root-ca-file="$S/pki/ca.crt" \
+      --service-cluster-ip-range="$SERVICE_CIDR" \
+      --profiling=false \
+      ${CLUSTER_KCM_EXTRA_ARGS:-}
+  fi
+  wait_for "kube-controller-manager /healthz" "$START_TIMEOUT" kube-controller-manager \
+    curl -fsSk --max-time 3 "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_for "ServiceAccount default/default" "$START_TIMEOUT" kube-controller-manager \
+    api_get /api/v1/namespaces/default/serviceaccounts/default
+
+  log "control plane up in $((SECONDS - t_up))s; binaries (incl. helm): $BIN"
+  if [[ -n "${LOCAL_NODE_BIN:-}" && -n "${INFERENCE_SERVER_BIN:-}" ]]; then cmd_node_up; fi
+  echo "export KUBECONFIG=$S/kubeconfig"
+}
+
+# ---------------------------------------------------------------------------------- local node
+NODE_NAME=${CLUSTER_NODE_NAME:-local-node}
+
+node_pid() { # pid of local-node if it runs (same pid-reuse guard as pid_of)
+  local f="$S/run/local-node.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid=$(<"$f")
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "local-node --node-name" || return 1
+  echo "$pid"
+}
+
+node_ready() {
+  api_get "/api/v1/nodes/$NODE_NAME" | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'
+}
+
+cmd_node_up() {
+  [[ -f "$S/$MARKER" && -f "$S/kubeconfig" ]] || die "no cluster at $S; run '$0 up' first"
+  [[ -n "${LOCAL_NODE_BIN:-}" ]] || die "set LOCAL_NODE_BIN (cargo build -p local-node)"
+  [[ -n "${INFERENCE_SERVER_BIN:-}" ]] || die "set INFERENCE_SERVER_BIN (cargo build --release -p inference-server)"
+  local bin srv
+  bin=$(realpath "$LOCAL_NODE_BIN") && [[ -x "$bin" ]] || die "LOCAL_NODE_BIN=$LOCAL_NODE_BIN is not an executable"
+  srv=$(realpath "$INFERENCE_SERVER_BIN") && [[ -x "$srv" ]] || die "INFERENCE_SERVER_BIN=$INFERENCE_SERVER_BIN is not an executable"
+  if node_pid >/dev/null; then log "local-node already running"; else
+    mkdir -p "$S/node"
+    # shellcheck disable=SC2086
+    setsid "$bin" --node-name "$NODE_NAME" --kubeconfig "$S/kubeconfig" --inference-server-bin "$srv" \
+      --state-dir "$S/node" ${CLUSTER_NODE_IP_PREFIX:+--ip-prefix "$CLUSTER_NODE_IP_PREFIX"} ${CLUSTER_NODE_ARGS:-} \
+      >>"$S/logs/local-node.log" 2>&1 </dev/null &
+    echo $! >"$S/run/local-node.pid"
+    log "started local-node (pid $!), log $S/logs/local-node.log, pods under $S/node/pods"
+  fi
+  local t0=$SECONDS
+  until node_ready; do
+    if ! node_pid >/dev/null; then
+      tail -n 30 "$S/logs/local-node.log" >&2 || true
+      die "local-node exited; log: $S/logs/local-node.log"
+    fi
+    (( SECONDS - t0 < START_TIMEOUT )) || die "timed out waiting for node $NODE_NAME to be Ready; log: $S/logs/local-node.log"
+    sleep 0.3
+  done
+  log "node $NODE_NAME Ready after $((SECONDS - t0))s"
+}
+
+cmd_node_down() {
+  [[ -d "$S" ]] || return 0
+  local pid f
+  if pid=$(node_pid); then
+    # local-node stops its pods (SIGTERM, SIGKILL after at most 10 s) before it exits
+    STOP_TIMEOUT=$(( STOP_TIMEOUT > 25 ? STOP_TIMEOUT : 25 )) stop_pid local-node "$pid"
+  fi
+  # pod processes that outlived it (local-node killed with SIGKILL: PR_SET_PDEATHSIG normally
+  # takes them along already): <node state>/pids/<pid> holds the binary path
+  for f in "$S"/node/pids/*; do
+    [[ -f "$f" ]] || continue
+    pid=${f##*/}
+    if [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$(<"$f")"* ]]; then
+      log "killing leftover pod process $pid"
+      kill -KILL -- "-$pid" "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+  done
+  # pod IP routes of a local-node that could not remove them (killed)
+  for f in "$S"/node/routes/*; do
+    [[ -f "$f" ]] || continue
+    ip route del local "$(<"$f")" dev lo 2>/dev/null && log "removed route local $(<"$f") dev lo"
+    rm -f "$f"
+  done
+  rm -f "$S/run/local-node.pid"
+}
+
+stop_pid() { # component pid
+  local comp=$1 pid=$2 t0=$SECONDS
+  kill -TERM "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null; do
+    if (( SECONDS - t0 >= STOP_TIMEOUT )); then
+      log "$comp (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  log "stopped $comp (pid $pid)"
+}
+
+cmd_down() {
+  if [[ ! -d "$S" ]]; then log "no state at $S; nothing to do"; return; fi
+  [[ -f "$S/$MARKER" ]] || die "$S is not a cluster state dir (no $MARKER); not touching it"
+  local c pid i
+  cmd_node_down
+  for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
+    c=${COMPONENTS[i]}
+    if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi
+  done
+  rm -rf "$S"
+  log "removed $S"
+}
+
+cmd_status() {
+  local c pid rc=0
+  if [[ ! -f "$S/$MARKER" ]]; then echo "no cluster state at $S"; return 3; fi
+  for c in "${COMPONENTS[@]}"; do
+    if pid=$(pid_of "$c"); then printf '%-24s running  pid %s\n' "$c" "$pid"
+    else printf '%-24s stopped\n' "$c"; rc=3; fi
+  done
+  if pid=$(node_pid); then printf '%-24s running  pid %s\n' local-node "$pid"
+  elif [[ -f "$S/run/local-node.pid" ]]; then printf '%-24s stopped\n' local-node; rc=3; fi
+  if [[ -f "$S/pki/ca.crt" ]] && api_get /readyz >/dev/null 2>&1; then
+    echo "apiserver /readyz        ok  https://127.0.0.1:$API_PORT"
+  else
+    echo "apiserver /readyz        not ready"; rc=3
+  fi
+  echo "kubeconfig               $S/kubeconfig"
+  return $rc
+}
+
+cmd_env() { echo "export KUBECONFIG=$S/kubeconfig"; }
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  node-up) cmd_node_up ;;
+  node-down) cmd_node_down ;;
+  *) sed -n '2,40p' "$0" >&2; exit 2 ;;
+esac
