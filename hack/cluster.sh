@@ -32,10 +32,12 @@
 #   LOCAL_NODE_BIN             local-node binary (cargo build -p local-node)
 #   INFERENCE_SERVER_BIN       the binary local-node runs for pods (cargo build --release -p inference-server)
 #   CLUSTER_NODE_NAME          local-node     Node name
-#   CLUSTER_NODE_IP_PREFIX     198.18.100     pod IPs are <prefix>.2-254; local-node makes them local
-#                                             (ip route add local <prefix>.0/24 dev lo; needs root) or
-#                                             falls back to 127.0.100 (then Services get no endpoints:
-#                                             the apiserver refuses loopback IPs in EndpointSlices)
+#   CLUSTER_NODE_IP_PREFIX     198.18.100     pod IPs are <prefix>.2-254; local-node (root required)
+#                                             creates a network namespace ln-<8 hex> for its pods and a
+#                                             veth (host side ln-<8 hex> with <prefix>.1/24, pod side eth0
+#                                             with the pod IPs); node-down deletes both. The /24 must not
+#                                             be in use on this machine. Not loopback: the apiserver
+#                                             refuses loopback IPs in EndpointSlices
 #   CLUSTER_NODE_ARGS          extra local-node flags (word-split), e.g. --default-env MODEL_PATH=/w.safetensors
 set -euo pipefail
 
@@ -344,12 +346,18 @@ cmd_node_down() {
     fi
     rm -f "$f"
   done
-  # pod IP routes of a local-node that could not remove them (killed)
-  for f in "$S"/node/routes/*; do
-    [[ -f "$f" ]] || continue
-    ip route del local "$(<"$f")" dev lo 2>/dev/null && log "removed route local $(<"$f") dev lo"
-    rm -f "$f"
-  done
+  # the pod network of a local-node that could not remove it (killed): <node state>/netns holds
+  # the name of the network namespace and of the host side of the veth (deleting the veth also
+  # deletes its peer; the namespace itself goes with its last process)
+  local ns
+  if [[ -f "$S/node/netns" ]]; then
+    ns=$(<"$S/node/netns")
+    if [[ "$ns" =~ ^ln-[0-9a-f]{8}$ ]]; then
+      if [[ -e "/sys/class/net/$ns" ]] && ip link del "$ns" 2>/dev/null; then log "removed veth $ns"; fi
+      if [[ -e "/run/netns/$ns" ]] && ip netns del "$ns" 2>/dev/null; then log "removed network namespace $ns"; fi
+    fi
+    rm -f "$S/node/netns"
+  fi
   rm -f "$S/run/local-node.pid"
 }
 
