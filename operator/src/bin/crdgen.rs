@@ -1,0 +1,33 @@
+//! Prints the InferenceService CRD as YAML, or writes it into directories.
+//!
+//! ```text
+//! cargo run -p inference-operator --bin crdgen                      # YAML on stdout
+//! cargo run -p inference-operator --bin crdgen -- crds charts/inference-operator/crds
+//! ```
+//! With directory arguments it writes `<dir>/inferenceservices.serving.inference-server.dev.yaml`
+//! in each, creating the directory.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let yaml = inference_operator::crd::crd_yaml();
+    let dirs: Vec<String> = std::env::args().skip(1).collect();
+    if dirs.iter().any(|a| a == "-h" || a == "--help") {
+        eprintln!("usage: crdgen [DIR...]   (no DIR: print the CRD YAML to stdout)");
+        return ExitCode::SUCCESS;
+    }
+    if dirs.is_empty() {
+        print!("{yaml}");
+        return ExitCode::SUCCESS;
+    }
+    for dir in dirs {
+        let path = Path::new(&dir).join(inference_operator::crd::crd_file_name());
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, &yaml)) {
+            eprintln!("crdgen: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("crdgen: wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,865 @@
+//! The server Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, SleepAction,
+    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    CONTAINER_NAME, Config, LABEL_VERSION, MANAGER, PORT_NAME, autoscaling, child_meta,
+    fixed_replicas, gpus, image, label_selector, labels, non_empty, resources, rollout, scheduling,
+    selector_labels, server, termination,
+};
+use crate::crd::{Device, InferenceService, SERVER_PORT};
+use crate::quantity;
+
+/// The extended resource a GPU request uses, and the taint GPU node pools carry.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Unprivileged uid/gid the server runs as (distroless `nonroot`).
+pub const RUN_AS_USER: i64 = 65532;
+/// Seconds the server gets after SIGTERM when the grace period leaves less.
+const MIN_SHUTDOWN_GRACE: i64 = 1;
+/// Margin between the server's drain deadline and the kubelet's SIGKILL.
+const SHUTDOWN_MARGIN: i64 = 5;
+
+/// The replica count to put in the applied Deployment.
+///
+/// Without autoscaling: `spec.replicas` (default 1). With autoscaling the HPA owns
+/// `spec.replicas`, so the operator leaves it out of its apply; but while the operator's field
+/// manager still owns the field (on creation, or right after autoscaling was turned on), leaving
+/// it out would make the API server drop the value and reset the Deployment to 1 replica. In that
+/// case the operator keeps applying the current count, clamped to [min, max], until the HPA's
+/// first scale takes the field over.
+pub fn replicas_to_apply(isvc: &InferenceService, existing: Option<&Deployment>) -> Option<i32> {
+    let Some(auto) = autoscaling(isvc) else {
+        return Some(fixed_replicas(isvc));
+    };
+    let (min, max) = (
+        auto.min_replicas.max(1),
+        auto.max_replicas.max(auto.min_replicas.max(1)),
+    );
+    match existing {
+        None => Some(min),
+        Some(d) if manager_owns_replicas(&d.metadata) => {
+            let current = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(min);
+            Some(current.clamp(min, max))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Whether our field manager's Apply entry owns `spec.replicas`.
+pub fn manager_owns_replicas(meta: &ObjectMeta) -> bool {
+    meta.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(MANAGER)
+            && entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.as_deref().unwrap_or("").is_empty()
+            && entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+    })
+}
+
+/// Builds the Deployment. `replicas` comes from [`replicas_to_apply`].
+pub fn build(isvc: &InferenceService, cfg: &Config, replicas: Option<i32>) -> Deployment {
+    let rollout = rollout(isvc);
+    Deployment {
+        metadata: child_meta(isvc),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: label_selector(isvc),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(rollout.max_surge.clone()),
+                    max_unavailable: Some(rollout.max_unavailable.clone()),
+                }),
+            }),
+            progress_deadline_seconds: Some(rollout.progress_deadline_seconds),
+            revision_history_limit: Some(5),
+            template: pod_template(isvc, cfg),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_template(isvc: &InferenceService, cfg: &Config) -> PodTemplateSpec {
+    // User labels first, ours on top: the selector labels must not be overridden.
+    let mut pod_labels = isvc.spec.pod_labels.clone();
+    pod_labels.extend(labels(isvc));
+    if let Some(v) = &isvc.spec.model.version {
+        pod_labels.insert(LABEL_VERSION.into(), v.clone());
+    }
+    // Our Prometheus annotations first, the user's on top.
+    let mut annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), SERVER_PORT.to_string()),
+        ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        (
+            "kubectl.kubernetes.io/default-container".to_string(),
+            CONTAINER_NAME.to_string(),
+        ),
+    ]);
+    annotations.extend(isvc.spec.pod_annotations.clone());
+
+    let sched = scheduling(isvc);
+    let term = termination(isvc);
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("1Gi".into())),
+            medium: None,
+        }),
+        ..Default::default()
+    }];
+    if let Some(pvc) = &isvc.spec.model.pvc {
+        volumes.push(Volume {
+            name: "model".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+    }
+
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container(isvc, cfg)],
+            volumes: Some(volumes),
+            image_pull_secrets: non_empty(isvc.spec.image_pull_secrets.clone()),
+            service_account_name: isvc.spec.service_account_name.clone(),
+            // The server never talks to the API server: no token unless a ServiceAccount was
+            // chosen on purpose (e.g. for cloud credentials).
+            automount_service_account_token: if isvc.spec.service_account_name.is_none() {
+                Some(false)
+            } else {
+                None
+            },
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(term.grace_period_seconds),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS_USER),
+                run_as_group: Some(RUN_AS_USER),
+                fs_group: Some(RUN_AS_USER),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            node_selector: non_empty(sched.node_selector.clone()),
+            tolerations: non_empty(tolerations(isvc)),
+            affinity: sched.affinity.clone(),
+            topology_spread_constraints: match &sched.topology_spread_constraints {
+                Some(list) => non_empty(list.clone()),
+                None => Some(default_topology_spread(isvc)),
+            },
+            priority_class_name: sched.priority_class_name.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn container(isvc: &InferenceService, cfg: &Config) -> Container {
+    let term = termination(isvc);
+    let probes = isvc.spec.probes.clone().unwrap_or_default();
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    if let Some(pvc) = &isvc.spec.model.pvc {
+        mounts.push(VolumeMount {
+            name: "model".into(),
+            mount_path: pvc.mount_path.clone(),
+            sub_path: pvc.sub_path.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image(isvc, cfg)),
+        image_pull_policy: isvc.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env(isvc)),
+        resources: Some(resource_requirements(isvc)),
+        startup_probe: Some(probes.startup.unwrap_or_else(default_startup_probe)),
+        liveness_probe: Some(probes.liveness.unwrap_or_else(default_liveness_probe)),
+        readiness_probe: Some(probes.readiness.unwrap_or_else(default_readiness_probe)),
+        lifecycle: (term.pre_stop_delay_seconds > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: term.pre_stop_delay_seconds,
+                }),
+                ..Default::default()
+            }),
+            post_start: None,
+            stop_signal: None,
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn env_var(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.to_string()),
+        value_from: None,
+    }
+}
+
+/// The server's environment: the operator's variables, then `spec.env` (which overrides them,
+/// except PORT and HOST).
+pub fn env(isvc: &InferenceService) -> Vec<EnvVar> {
+    let spec = &isvc.spec;
+    let srv = server(isvc);
+    let term = termination(isvc);
+    let mut vars = vec![
+        env_var("PORT", SERVER_PORT),
+        env_var("HOST", "0.0.0.0"),
+        env_var("MODEL_NAME", &spec.model.name),
+    ];
+    if let Some(v) = &spec.model.version {
+        vars.push(env_var("MODEL_VERSION", v));
+    }
+    if let Some(p) = &spec.model.path {
+        vars.push(env_var("MODEL_PATH", p));
+    }
+    let device = srv.device.unwrap_or(if gpus(isvc) > 0 {
+        Device::Cuda
+    } else {
+        Device::Cpu
+    });
+    vars.push(env_var("DEVICE", device.as_str()));
+    if let Some(n) = srv.max_batch_size {
+        vars.push(env_var("MAX_BATCH_SIZE", n));
+    }
+    if let Some(n) = srv.max_queue {
+        vars.push(env_var("MAX_QUEUE", n));
+    }
+    if let Some(n) = srv.threads.or_else(|| default_threads(isvc)) {
+        vars.push(env_var("INFERENCE_THREADS", n));
+    }
+    if let Some(n) = srv.max_body_bytes {
+        vars.push(env_var("MAX_BODY_BYTES", n));
+    }
+    let grace = (term.grace_period_seconds - term.pre_stop_delay_seconds - SHUTDOWN_MARGIN)
+        .max(MIN_SHUTDOWN_GRACE);
+    vars.push(env_var("SHUTDOWN_GRACE_SECONDS", grace));
+    if let Some(l) = &srv.log_level {
+        vars.push(env_var("RUST_LOG", l));
+    }
+    for user in &spec.env {
+        if user.name == "PORT" || user.name == "HOST" {
+            continue;
+        }
+        match vars.iter_mut().find(|v| v.name == user.name) {
+            Some(existing) => *existing = user.clone(),
+            None => vars.push(user.clone()),
+        }
+    }
+    vars
+}
+
+/// Intra-op threads matching the CPU the pod gets: the CPU limit, else the request, rounded up.
+/// `None` (the server's own default) when neither is known.
+pub fn default_threads(isvc: &InferenceService) -> Option<i32> {
+    let res = resources(isvc);
+    let cpu = res
+        .limits
+        .as_ref()
+        .and_then(|l| l.cpu.as_ref())
+        .or_else(|| res.requests.as_ref().and_then(|r| r.cpu.as_ref()))?;
+    let cores = quantity::parse_quantity(cpu)?;
+    Some((cores.ceil() as i32).clamp(1, 1024))
+}
+
+/// Requests and limits, plus `nvidia.com/gpu` limits for `spec.gpu`.
+pub fn resource_requirements(isvc: &InferenceService) -> ResourceRequirements {
+    let res = resources(isvc);
+    let to_map = |c: Option<&crate::crd::ComputeResources>| {
+        let mut m = BTreeMap::new();
+        if let Some(c) = c {
+            if let Some(cpu) = &c.cpu {
+                m.insert("cpu".to_string(), cpu.clone());
+            }
+            if let Some(mem) = &c.memory {
+                m.insert("memory".to_string(), mem.clone());
+            }
+        }
+        m
+    };
+    let requests = to_map(res.requests.as_ref());
+    let mut limits = to_map(res.limits.as_ref());
+    let gpu = gpus(isvc);
+    if gpu > 0 {
+        limits.insert(GPU_RESOURCE.into(), Quantity(gpu.to_string()));
+    }
+    ResourceRequirements {
+        requests: non_empty(requests),
+        limits: non_empty(limits),
+        claims: None,
+    }
+}
+
+fn tolerations(isvc: &InferenceService) -> Vec<Toleration> {
+    let sched = scheduling(isvc);
+    let mut list = sched.tolerations.clone();
+    let gpu_toleration = Toleration {
+        key: Some(GPU_RESOURCE.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    };
+    if gpus(isvc) > 0 && sched.gpu_toleration && !list.contains(&gpu_toleration) {
+        list.push(gpu_toleration);
+    }
+    list
+}
+
+/// Spread over zones, then nodes, as a preference: a single-zone cluster still schedules.
+pub fn default_topology_spread(isvc: &InferenceService) -> Vec<TopologySpreadConstraint> {
+    let spread = |key: &str| TopologySpreadConstraint {
+        topology_key: key.into(),
+        max_skew: 1,
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(isvc)),
+            match_expressions: None,
+        }),
+        match_label_keys: Some(vec!["pod-template-hash".into()]),
+        ..Default::default()
+    };
+    vec![
+        spread("topology.kubernetes.io/zone"),
+        spread("kubernetes.io/hostname"),
+    ]
+}
+
+fn http_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Startup: /ready succeeds once the weights are loaded and warmed up; allow 10 minutes.
+pub fn default_startup_probe() -> Probe {
+    Probe {
+        period_seconds: Some(5),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(120),
+        success_threshold: Some(1),
+        ..http_probe("/ready")
+    }
+}
+
+/// Liveness: /health answers as long as the process is responsive.
+pub fn default_liveness_probe() -> Probe {
+    Probe {
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(3),
+        success_threshold: Some(1),
+        ..http_probe("/health")
+    }
+}
+
+/// Readiness: /ready is 503 while loading or draining.
+pub fn default_readiness_probe() -> Probe {
+    Probe {
+        period_seconds: Some(5),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(2),
+        success_threshold: Some(1),
+        ..http_probe("/ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use serde_json::json;
+
+    use super::*;
+    use crate::builders::test_support::{fixture, from_yaml};
+
+    fn pod_spec(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn env_of(d: &Deployment) -> BTreeMap<String, String> {
+        pod_spec(d).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn minimal_spec_gets_safe_defaults() {
+        let isvc = fixture("minimal.yaml");
+        let cfg = Config::default();
+        let d = build(&isvc, &cfg, replicas_to_apply(&isvc, None));
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("resnet50"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("ml"));
+        assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.selector.match_labels.as_ref().unwrap().len(), 2);
+        let ru = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+        assert_eq!(ru.max_surge, Some(IntOrString::String("25%".into())));
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(spec.progress_deadline_seconds, Some(600));
+
+        let template_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
+            assert_eq!(
+                template_labels.get(k),
+                Some(v),
+                "template must match the selector"
+            );
+        }
+
+        let pod = pod_spec(&d);
+        assert_eq!(pod.termination_grace_period_seconds, Some(45));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.enable_service_links, Some(false));
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "server");
+        assert_eq!(c.image.as_deref(), Some(cfg.default_image.as_str()));
+        assert_eq!(c.image_pull_policy, None);
+        let port = &c.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("http"), 8080)
+        );
+        assert_eq!(
+            c.lifecycle
+                .as_ref()
+                .unwrap()
+                .pre_stop
+                .as_ref()
+                .unwrap()
+                .sleep
+                .as_ref()
+                .unwrap()
+                .seconds,
+            10
+        );
+        // Probes: startup covers model load, then liveness /health and readiness /ready.
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(path(&c.startup_probe), "/ready");
+        assert_eq!(path(&c.liveness_probe), "/health");
+        assert_eq!(path(&c.readiness_probe), "/ready");
+        let startup = c.startup_probe.as_ref().unwrap();
+        assert!(startup.period_seconds.unwrap() * startup.failure_threshold.unwrap() >= 600);
+        // Default resources, threads from the CPU request.
+        let res = c.resources.as_ref().unwrap();
+        assert_eq!(res.requests.as_ref().unwrap()["cpu"], Quantity("1".into()));
+        assert_eq!(
+            res.requests.as_ref().unwrap()["memory"],
+            Quantity("1Gi".into())
+        );
+        assert_eq!(
+            res.limits.as_ref().unwrap()["memory"],
+            Quantity("2Gi".into())
+        );
+        assert!(!res.limits.as_ref().unwrap().contains_key(GPU_RESOURCE));
+        let env = env_of(&d);
+        assert_eq!(env["PORT"], "8080");
+        assert_eq!(env["HOST"], "0.0.0.0");
+        assert_eq!(env["MODEL_NAME"], "resnet50");
+        assert_eq!(env["DEVICE"], "cpu");
+        assert_eq!(env["INFERENCE_THREADS"], "1");
+        assert_eq!(env["SHUTDOWN_GRACE_SECONDS"], "30");
+        assert!(!env.contains_key("MODEL_PATH"));
+        assert!(!env.contains_key("MAX_BATCH_SIZE"));
+        // Default spread over zones then nodes, soft.
+        let tsc = pod.topology_spread_constraints.as_ref().unwrap();
+        assert_eq!(tsc[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(tsc[0].when_unsatisfiable, "ScheduleAnyway");
+        assert_eq!(tsc[1].topology_key, "kubernetes.io/hostname");
+        assert!(pod.tolerations.is_none());
+    }
+
+    #[test]
+    fn pod_security_is_restricted() {
+        let isvc = fixture("minimal.yaml");
+        let d = build(&isvc, &Config::default(), Some(1));
+        let pod = pod_spec(&d);
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_ne!(psc.run_as_user, Some(0));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        for c in &pod.containers {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.run_as_non_root, Some(true));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
+            assert!(sc.privileged.is_none());
+            // A read-only root needs a writable /tmp.
+            assert!(
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.mount_path == "/tmp")
+            );
+        }
+        // Restricted forbids hostPath and host namespaces.
+        assert!(pod.volumes.iter().flatten().all(|v| v.host_path.is_none()));
+        assert!(pod.host_network.is_none() && pod.host_pid.is_none() && pod.host_ipc.is_none());
+    }
+
+    #[test]
+    fn full_spec_maps_every_field() {
+        let isvc = fixture("full.yaml");
+        let d = build(&isvc, &Config::default(), replicas_to_apply(&isvc, None));
+        let spec = d.spec.as_ref().unwrap();
+        let pod = pod_spec(&d);
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example.com/ml/inference-server:1.2.3")
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+        assert_eq!(pod.service_account_name.as_deref(), Some("inference"));
+        assert_eq!(pod.automount_service_account_token, None);
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high-priority"));
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap()["node.kubernetes.io/instance-type"],
+            "g5.xlarge"
+        );
+        assert!(pod.affinity.as_ref().unwrap().node_affinity.is_some());
+        // Custom spread replaces the default.
+        let tsc = pod.topology_spread_constraints.as_ref().unwrap();
+        assert_eq!(tsc.len(), 1);
+        assert_eq!(tsc[0].when_unsatisfiable, "DoNotSchedule");
+        // User toleration plus the GPU toleration.
+        let tol = pod.tolerations.as_ref().unwrap();
+        assert_eq!(tol.len(), 2);
+        assert!(
+            tol.iter()
+                .any(|t| t.key.as_deref() == Some("nvidia.com/gpu")
+                    && t.effect.as_deref() == Some("NoSchedule"))
+        );
+        // GPU limit, resources as given.
+        let res = c.resources.as_ref().unwrap();
+        assert_eq!(
+            res.limits.as_ref().unwrap()[GPU_RESOURCE],
+            Quantity("1".into())
+        );
+        assert_eq!(
+            res.limits.as_ref().unwrap()["cpu"],
+            Quantity("2500m".into())
+        );
+        assert_eq!(res.requests.as_ref().unwrap()["cpu"], Quantity("2".into()));
+        // Model from a PVC, mounted read-only.
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "model")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/models");
+        assert_eq!(mount.sub_path.as_deref(), Some("resnet50"));
+        assert_eq!(mount.read_only, Some(true));
+        let vol = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "model")
+            .unwrap();
+        assert_eq!(
+            vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "model-weights"
+        );
+        // Env: server settings, device from the GPU, user env overriding ours.
+        let env = env_of(&d);
+        assert_eq!(env["MODEL_NAME"], "resnet50");
+        assert_eq!(env["MODEL_VERSION"], "2");
+        assert_eq!(env["MODEL_PATH"], "/models/resnet50.safetensors");
+        assert_eq!(env["DEVICE"], "cuda");
+        assert_eq!(env["MAX_BATCH_SIZE"], "16");
+        assert_eq!(env["MAX_QUEUE"], "256");
+        assert_eq!(env["INFERENCE_THREADS"], "3");
+        assert_eq!(env["MAX_BODY_BYTES"], "20971520");
+        assert_eq!(env["RUST_LOG"], "debug");
+        assert_eq!(env["SHUTDOWN_GRACE_SECONDS"], "40");
+        assert_eq!(env["EXTRA"], "1");
+        assert_eq!(env["PORT"], "8080");
+        // Labels: user labels kept, ours win.
+        let labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(labels["team"], "vision");
+        assert_eq!(labels["app.kubernetes.io/instance"], "resnet50");
+        assert_eq!(labels["app.kubernetes.io/version"], "2");
+        let ann = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            ann["prometheus.io/scrape"], "false",
+            "user annotations override ours"
+        );
+        // Rollout and termination.
+        let ru = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(ru.max_unavailable, Some(IntOrString::String("10%".into())));
+        assert_eq!(spec.progress_deadline_seconds, Some(900));
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+        // Probes: readiness overridden, the others default.
+        let rp = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(rp.period_seconds, Some(3));
+        assert_eq!(
+            rp.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/v2/health/ready")
+        );
+        assert_eq!(c.liveness_probe, Some(default_liveness_probe()));
+    }
+
+    #[test]
+    fn user_env_overrides_operator_env() {
+        let isvc = from_yaml(
+            r#"
+apiVersion: serving.inference-server.dev/v1alpha1
+kind: InferenceService
+metadata: {name: a}
+spec:
+  model: {name: resnet50}
+  server: {maxBatchSize: 8}
+  env:
+    - {name: MAX_BATCH_SIZE, value: "4"}
+    - {name: HOST, value: "127.0.0.1"}
+    - name: FROM_SECRET
+      valueFrom: {secretKeyRef: {name: s, key: k}}
+"#,
+        );
+        let env = super::env(&isvc);
+        let get = |n: &str| env.iter().filter(|e| e.name == n).collect::<Vec<_>>();
+        assert_eq!(get("MAX_BATCH_SIZE").len(), 1);
+        assert_eq!(get("MAX_BATCH_SIZE")[0].value.as_deref(), Some("4"));
+        assert_eq!(get("HOST")[0].value.as_deref(), Some("0.0.0.0"));
+        assert!(get("FROM_SECRET")[0].value_from.is_some());
+    }
+
+    #[test]
+    fn gpu_toleration_can_be_turned_off() {
+        let isvc = from_yaml(
+            r#"
+apiVersion: serving.inference-server.dev/v1alpha1
+kind: InferenceService
+metadata: {name: a}
+spec:
+  model: {name: resnet50}
+  gpu: 2
+  scheduling: {gpuToleration: false, topologySpreadConstraints: []}
+"#,
+        );
+        let d = build(&isvc, &Config::default(), Some(1));
+        let pod = pod_spec(&d);
+        assert!(pod.tolerations.is_none());
+        assert!(
+            pod.topology_spread_constraints.is_none(),
+            "an empty list turns spreading off"
+        );
+        let limits = pod.containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .clone()
+            .unwrap();
+        assert_eq!(limits[GPU_RESOURCE], Quantity("2".into()));
+        assert_eq!(env_of(&d)["DEVICE"], "cuda");
+    }
+
+    #[test]
+    fn no_pre_stop_hook_when_delay_is_zero() {
+        let isvc = from_yaml(
+            r#"
+apiVersion: serving.inference-server.dev/v1alpha1
+kind: InferenceService
+metadata: {name: a}
+spec:
+  model: {name: resnet50}
+  termination: {preStopDelaySeconds: 0, gracePeriodSeconds: 3}
+"#,
+        );
+        let d = build(&isvc, &Config::default(), Some(1));
+        assert!(pod_spec(&d).containers[0].lifecycle.is_none());
+        assert_eq!(env_of(&d)["SHUTDOWN_GRACE_SECONDS"], "1");
+    }
+
+    fn deployment_with(replicas: i32, managed: Vec<ManagedFieldsEntry>) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                managed_fields: Some(managed),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn entry(
+        manager: &str,
+        operation: &str,
+        subresource: Option<&str>,
+        fields: serde_json::Value,
+    ) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            subresource: subresource.map(Into::into),
+            fields_v1: Some(FieldsV1(fields)),
+            fields_type: Some("FieldsV1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_are_omitted_once_the_hpa_owns_them() {
+        let fixed = fixture("minimal.yaml");
+        assert_eq!(replicas_to_apply(&fixed, None), Some(1));
+        let auto = fixture("autoscaling.yaml"); // min 2, max 10
+        // Creation: start at minReplicas.
+        assert_eq!(replicas_to_apply(&auto, None), Some(2));
+        // We still own the field: keep the current value, clamped.
+        let ours = entry(
+            MANAGER,
+            "Apply",
+            None,
+            json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
+        );
+        assert_eq!(
+            replicas_to_apply(&auto, Some(&deployment_with(7, vec![ours.clone()]))),
+            Some(7)
+        );
+        assert_eq!(
+            replicas_to_apply(&auto, Some(&deployment_with(30, vec![ours.clone()]))),
+            Some(10)
+        );
+        assert_eq!(
+            replicas_to_apply(&auto, Some(&deployment_with(1, vec![ours]))),
+            Some(2)
+        );
+        // The HPA scaled through the scale subresource: leave the field alone.
+        let ours_without = entry(
+            MANAGER,
+            "Apply",
+            None,
+            json!({"f:spec": {"f:template": {}}}),
+        );
+        let hpa = entry(
+            "kube-controller-manager",
+            "Update",
+            Some("scale"),
+            json!({"f:spec": {"f:replicas": {}}}),
+        );
+        assert_eq!(
+            replicas_to_apply(&auto, Some(&deployment_with(5, vec![ours_without, hpa]))),
+            None
+        );
+    }
+}

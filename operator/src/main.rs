@@ -1,0 +1,306 @@
+//! The operator process: connect (KUBECONFIG or in-cluster), serve /healthz /readyz /metrics,
+//! wait for the CRD, take the leader lease, run the controller until SIGTERM, release the lease.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use inference_operator::builders::{self, Config};
+use inference_operator::controller::{self, Context, RunOptions};
+use inference_operator::crd::InferenceService;
+use inference_operator::http::{self, Health};
+use inference_operator::leader::{self, LeaderConfig, LeaderElector, Stop};
+use inference_operator::metrics::Metrics;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Kubernetes operator for InferenceService (serving.inference-server.dev/v1alpha1).
+#[derive(Parser, Debug)]
+#[command(name = "inference-operator", version, about)]
+struct Args {
+    /// Inference server image for InferenceServices without spec.image.
+    #[arg(long, env = "DEFAULT_INFERENCE_IMAGE", default_value_t = builders::default_image())]
+    default_image: String,
+
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// Cluster DNS domain used in status.url.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+
+    /// Elect a leader through a coordination.k8s.io Lease, so that several replicas are safe.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE",
+        default_value = "inference-operator"
+    )]
+    lease_name: String,
+
+    /// Namespace of the leader Lease (default: the operator's own namespace, else the
+    /// kubeconfig's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// Identity base for the lease and events (default: $POD_NAME, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// InferenceServices reconciled at the same time.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+
+    /// Log format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// A `Send + Sync` future that completes once a stop is requested.
+fn stopped(
+    mut rx: watch::Receiver<Option<Stop>>,
+) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let handle = tokio::spawn(async move {
+        let _ = rx.wait_for(|s| s.is_some()).await;
+    });
+    async move {
+        let _ = handle.await;
+    }
+}
+
+/// First SIGTERM/Ctrl-C: graceful stop. Second: exit at once.
+fn spawn_signal_handler(stop_tx: watch::Sender<Option<Stop>>) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if n == 0 {
+                tracing::info!("shutdown requested: finishing in-flight reconciles");
+                stop_tx.send_if_modified(|s| {
+                    if s.is_none() {
+                        *s = Some(Stop::Signal);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// Waits until the CRD is served. Retries (with a hint in the log) instead of crash-looping.
+async fn wait_for_crd(
+    client: &Client,
+    health: &Health,
+    stop: &watch::Receiver<Option<Stop>>,
+) -> bool {
+    let api: Api<InferenceService> = Api::all(client.clone());
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return true,
+            Err(kube::Error::Api(s)) if s.code == 404 => tracing::error!(
+                "the InferenceService CRD is not installed: kubectl apply --server-side -f crds/ (retrying)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot list InferenceServices (retrying)"),
+        }
+        health.set_ready(false);
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| s.is_some()) => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::new(metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel::<Option<Stop>>(None);
+    spawn_signal_handler(stop_tx.clone());
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %args.listen, "serving /healthz, /readyz and /metrics");
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let client = Client::try_default().await?;
+    if !wait_for_crd(&client, &health, &stop_rx).await {
+        return Ok(ExitCode::SUCCESS);
+    }
+    health.set_ready(true);
+
+    let base = args
+        .identity
+        .clone()
+        .or_else(hostname)
+        .unwrap_or_else(|| builders::MANAGER.into());
+    let identity = leader::identity(&base);
+    let config = Config {
+        default_image: args.default_image.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+    };
+    tracing::info!(%identity, default_image = %config.default_image, namespace = ?args.namespace, "starting");
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics.clone(),
+        identity.clone(),
+    ));
+
+    let holder = if args.leader_election {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let cfg = LeaderConfig::new(&args.lease_name, &ns, &identity);
+        let mut elector = LeaderElector::new(Api::namespaced(client.clone(), &ns), cfg);
+        tracing::info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
+        if !elector.acquire(&mut stop_rx.clone()).await {
+            let _ = http_task.await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        metrics.set_leader(true);
+        let tx = stop_tx.clone();
+        Some(tokio::spawn(async move {
+            let why = elector.hold(&tx).await;
+            (elector, why)
+        }))
+    } else {
+        metrics.set_leader(true);
+        None
+    };
+
+    let namespace = args.namespace.clone().filter(|n| !n.is_empty());
+    controller::run(
+        ctx,
+        RunOptions {
+            namespace,
+            concurrency: args.concurrency,
+        },
+        stopped(stop_rx.clone()),
+    )
+    .await;
+    metrics.set_leader(false);
+    health.set_ready(false);
+
+    let why = *stop_rx.borrow();
+    if why.is_none() {
+        tracing::error!("the controller stopped unexpectedly");
+        stop_tx.send_replace(Some(Stop::Signal));
+    }
+    if let Some(holder) = holder {
+        let (mut elector, held) = holder.await?;
+        if held == Stop::Signal {
+            elector.release().await;
+        }
+    }
+    let _ = http_task.await;
+    Ok(match why {
+        Some(Stop::Signal) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Some(Stop::LostLease) => {
+            tracing::error!(
+                "lost the leader lease: exiting so that a fresh process can rejoin the election"
+            );
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from([
+            "inference-operator",
+            "--leader-election",
+            "false",
+            "--namespace",
+            "ml",
+        ])
+        .unwrap();
+        assert!(!a.leader_election);
+        assert_eq!(a.namespace.as_deref(), Some("ml"));
+        assert!(a.default_image.contains("inference-server"));
+    }
+}

@@ -1,0 +1,911 @@
+//! Pure status computation: observed children → `InferenceServiceStatus` with conditions
+//! Ready / Available / Progressing / Degraded. `lastTransitionTime` moves only when a
+//! condition's status flips.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::builders::{self, Config};
+use crate::crd::{InferenceService, InferenceServiceStatus};
+
+pub const READY: &str = "Ready";
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// Condition messages are capped so a huge container log line cannot bloat the object.
+const MAX_MESSAGE: usize = 1024;
+
+/// A problem the operator found itself (invalid spec, a child it may not touch, an apply the
+/// API server rejected).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason, e.g. `InvalidSpec`, `ApplyFailed`, `ChildConflict`.
+    pub reason: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One pod in trouble.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodProblem {
+    pub pod: String,
+    /// Kubelet or scheduler reason, e.g. `CrashLoopBackOff`, `ImagePullBackOff`, `Unschedulable`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// What the pods say, beyond the Deployment's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodHealth {
+    pub crash_looping: Vec<PodProblem>,
+    /// Image pull or container configuration errors: the container cannot start.
+    pub cannot_start: Vec<PodProblem>,
+    pub unschedulable: Vec<PodProblem>,
+}
+
+const CANNOT_START: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Summarises the server pods (those not being deleted).
+pub fn pod_health(pods: &[Pod]) -> PodHealth {
+    let mut health = PodHealth::default();
+    for pod in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let name = pod.name_any();
+        let Some(status) = &pod.status else { continue };
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for cs in containers {
+            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                continue;
+            };
+            let reason = waiting.reason.clone().unwrap_or_default();
+            if reason == "CrashLoopBackOff" {
+                health.crash_looping.push(PodProblem {
+                    pod: name.clone(),
+                    reason,
+                    message: format!("container {} keeps crashing{}", cs.name, last_exit(cs)),
+                });
+            } else if CANNOT_START.contains(&reason.as_str()) {
+                health.cannot_start.push(PodProblem {
+                    pod: name.clone(),
+                    reason,
+                    message: format!(
+                        "container {}: {}",
+                        cs.name,
+                        waiting.message.clone().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        for cond in status.conditions.iter().flatten() {
+            if cond.type_ == "PodScheduled"
+                && cond.status == "False"
+                && cond.reason.as_deref() == Some("Unschedulable")
+            {
+                health.unschedulable.push(PodProblem {
+                    pod: name.clone(),
+                    reason: "Unschedulable".into(),
+                    message: cond.message.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    health
+}
+
+fn last_exit(cs: &ContainerStatus) -> String {
+    let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+        return String::new();
+    };
+    let mut s = format!(
+        " (last exit: {}, code {}",
+        t.reason.as_deref().unwrap_or("unknown"),
+        t.exit_code
+    );
+    if let Some(m) = t
+        .message
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        s.push_str(": ");
+        s.push_str(m);
+    }
+    s.push(')');
+    s
+}
+
+/// Everything [`compute`] looks at.
+#[derive(Clone, Debug, Default)]
+pub struct Observed<'a> {
+    /// The Deployment as the API server has it (after our apply), if it exists.
+    pub deployment: Option<&'a Deployment>,
+    pub pods: PodHealth,
+    /// A problem found by the operator; it makes the service Degraded.
+    pub problem: Option<Problem>,
+}
+
+struct Verdict {
+    status: bool,
+    reason: String,
+    message: String,
+}
+
+fn verdict(status: bool, reason: &str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        status,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn first(problems: &[PodProblem]) -> String {
+    let p = &problems[0];
+    let more = if problems.len() > 1 {
+        format!(" (and {} more pods)", problems.len() - 1)
+    } else {
+        String::new()
+    };
+    format!("pod {}: {}{more}", p.pod, p.message)
+}
+
+/// Computes the status. `now` stamps conditions that flip.
+pub fn compute(
+    isvc: &InferenceService,
+    cfg: &Config,
+    observed: &Observed<'_>,
+    now: Time,
+) -> InferenceServiceStatus {
+    let generation = isvc.metadata.generation;
+    let old = isvc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+
+    let dep = observed.deployment;
+    let dstatus = dep.and_then(|d| d.status.clone()).unwrap_or_default();
+    let desired = dep
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let dep_current = dep.is_some_and(|d| {
+        dstatus.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+    });
+    let dep_cond = |t: &str| {
+        dstatus
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t)
+            .cloned()
+    };
+    let stuck = dep_cond("Progressing")
+        .filter(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    // The ReplicaSet cannot create pods (missing ServiceAccount or PriorityClass, quota, Pod
+    // Security admission, ...): nothing will change until someone acts.
+    let replica_failure = dep_cond("ReplicaFailure").filter(|c| c.status == "True");
+    let replicas = dstatus.replicas.unwrap_or(0);
+    let ready = dstatus.ready_replicas.unwrap_or(0);
+    let updated = dstatus.updated_replicas.unwrap_or(0);
+    let available = dstatus.available_replicas.unwrap_or(0);
+    let rolled_out = dep_current && updated >= desired && replicas <= updated;
+    let counts =
+        format!("{ready}/{desired} replicas ready, {updated} updated, {available} available");
+    let pods = &observed.pods;
+
+    let degraded = if let Some(p) = &observed.problem {
+        verdict(true, &p.reason, p.message.clone())
+    } else if !pods.crash_looping.is_empty() {
+        verdict(true, "CrashLoopBackOff", first(&pods.crash_looping))
+    } else if !pods.cannot_start.is_empty() {
+        verdict(
+            true,
+            &pods.cannot_start[0].reason,
+            first(&pods.cannot_start),
+        )
+    } else if let Some(c) = &replica_failure {
+        verdict(
+            true,
+            c.reason.as_deref().unwrap_or("FailedCreate"),
+            format!(
+                "pods cannot be created: {}",
+                c.message.clone().unwrap_or_default()
+            ),
+        )
+    } else if let Some(c) = &stuck {
+        verdict(
+            true,
+            "ProgressDeadlineExceeded",
+            format!(
+                "the rollout made no progress in time: {}",
+                c.message.clone().unwrap_or_default()
+            ),
+        )
+    } else {
+        verdict(false, "AsExpected", "")
+    };
+
+    let available_c = if dep.is_none() {
+        verdict(
+            false,
+            "DeploymentNotFound",
+            "the Deployment does not exist yet",
+        )
+    } else if desired == 0 {
+        verdict(false, "ScaledToZero", "replicas is 0")
+    } else if available > 0 {
+        verdict(true, "ReplicasAvailable", counts.clone())
+    } else {
+        verdict(false, "NoReplicasAvailable", counts.clone())
+    };
+
+    let progressing = match dep {
+        None => match &observed.problem {
+            Some(p) => verdict(
+                false,
+                &p.reason,
+                "nothing is rolled out until the problem is fixed",
+            ),
+            None => verdict(true, "Creating", "creating the Deployment"),
+        },
+        Some(_) if stuck.is_some() => {
+            verdict(false, "ProgressDeadlineExceeded", degraded.message.clone())
+        }
+        Some(_) if !dep_current => verdict(
+            true,
+            "RolloutPending",
+            "the Deployment controller has not seen the new spec yet",
+        ),
+        Some(_) if !rolled_out => verdict(true, "RollingOut", counts.clone()),
+        Some(_) => verdict(false, "RolloutComplete", counts.clone()),
+    };
+
+    let ready_c = if degraded.status {
+        verdict(false, &degraded.reason, degraded.message.clone())
+    } else if dep.is_none() {
+        verdict(false, &available_c.reason, available_c.message.clone())
+    } else if desired == 0 {
+        verdict(
+            false,
+            "ScaledToZero",
+            "replicas is 0: nothing serves requests",
+        )
+    } else if !rolled_out {
+        if !pods.unschedulable.is_empty() {
+            verdict(false, "Unschedulable", first(&pods.unschedulable))
+        } else {
+            verdict(
+                false,
+                "RolloutInProgress",
+                format!(
+                    "rolling out generation {}: {counts}",
+                    generation.unwrap_or(0)
+                ),
+            )
+        }
+    } else if available == 0 {
+        verdict(
+            false,
+            "NoReplicasAvailable",
+            format!("{counts}; the model may still be loading"),
+        )
+    } else {
+        let model = &isvc.spec.model;
+        let version = model
+            .version
+            .as_deref()
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default();
+        verdict(
+            true,
+            "Ready",
+            format!(
+                "{counts}; serving model {}{version} at {}",
+                model.name,
+                builders::url(isvc, cfg)
+            ),
+        )
+    };
+
+    let make = |type_: &str, v: Verdict| {
+        let cond = Condition {
+            type_: type_.into(),
+            status: if v.status {
+                "True".into()
+            } else {
+                "False".into()
+            },
+            reason: v.reason,
+            message: truncate(v.message),
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        };
+        keep_transition_time(old, cond)
+    };
+
+    InferenceServiceStatus {
+        observed_generation: generation,
+        replicas,
+        ready_replicas: ready,
+        updated_replicas: updated,
+        available_replicas: available,
+        url: Some(builders::url(isvc, cfg)),
+        selector: Some(builders::selector_string(isvc)),
+        image: Some(builders::image(isvc, cfg)),
+        conditions: vec![
+            make(READY, ready_c),
+            make(AVAILABLE, available_c),
+            make(PROGRESSING, progressing),
+            make(DEGRADED, degraded),
+        ],
+    }
+}
+
+/// Keeps the old `lastTransitionTime` when the condition's status did not change.
+pub fn keep_transition_time(old: &[Condition], mut new: Condition) -> Condition {
+    if let Some(prev) = old.iter().find(|c| c.type_ == new.type_)
+        && prev.status == new.status
+    {
+        new.last_transition_time = prev.last_transition_time.clone();
+    }
+    new
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// The condition of this type, if present.
+pub fn condition<'a>(
+    status: Option<&'a InferenceServiceStatus>,
+    type_: &str,
+) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when the condition is present with status "True".
+pub fn is_true(status: Option<&InferenceServiceStatus>, type_: &str) -> bool {
+    condition(status, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, PodCondition, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::builders::test_support::fixture;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(1_700_000_000 + secs).unwrap())
+    }
+
+    struct Dep {
+        desired: i32,
+        generation: i64,
+        observed: i64,
+        replicas: i32,
+        ready: i32,
+        updated: i32,
+        available: i32,
+        stuck: bool,
+    }
+
+    impl Dep {
+        fn steady(n: i32) -> Self {
+            Dep {
+                desired: n,
+                generation: 1,
+                observed: 1,
+                replicas: n,
+                ready: n,
+                updated: n,
+                available: n,
+                stuck: false,
+            }
+        }
+        fn build(&self) -> Deployment {
+            let mut conditions = vec![];
+            if self.stuck {
+                conditions.push(DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: "False".into(),
+                    reason: Some("ProgressDeadlineExceeded".into()),
+                    message: Some("ReplicaSet \"resnet50-abc\" has timed out progressing.".into()),
+                    ..Default::default()
+                });
+            }
+            Deployment {
+                metadata: ObjectMeta {
+                    generation: Some(self.generation),
+                    ..Default::default()
+                },
+                spec: Some(DeploymentSpec {
+                    replicas: Some(self.desired),
+                    ..Default::default()
+                }),
+                status: Some(DeploymentStatus {
+                    observed_generation: Some(self.observed),
+                    replicas: Some(self.replicas),
+                    ready_replicas: Some(self.ready),
+                    updated_replicas: Some(self.updated),
+                    available_replicas: Some(self.available),
+                    conditions: Some(conditions),
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+
+    fn cond<'a>(s: &'a InferenceServiceStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    fn run(
+        isvc: &InferenceService,
+        dep: Option<&Deployment>,
+        pods: PodHealth,
+        problem: Option<Problem>,
+        now: Time,
+    ) -> InferenceServiceStatus {
+        compute(
+            isvc,
+            &Config::default(),
+            &Observed {
+                deployment: dep,
+                pods,
+                problem,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn steady_state_is_ready() {
+        let isvc = fixture("minimal.yaml");
+        let d = Dep::steady(2).build();
+        let s = run(&isvc, Some(&d), PodHealth::default(), None, t(0));
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(
+            (
+                s.replicas,
+                s.ready_replicas,
+                s.updated_replicas,
+                s.available_replicas
+            ),
+            (2, 2, 2, 2)
+        );
+        assert_eq!(
+            s.url.as_deref(),
+            Some("http://resnet50.ml.svc.cluster.local")
+        );
+        assert_eq!(
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=resnet50,app.kubernetes.io/name=inference-server")
+        );
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Ready")
+        );
+        assert!(
+            ready.message.contains("serving model resnet50"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+        assert_eq!(
+            (
+                cond(&s, PROGRESSING).status.as_str(),
+                cond(&s, PROGRESSING).reason.as_str()
+            ),
+            ("False", "RolloutComplete")
+        );
+        assert_eq!(
+            (
+                cond(&s, DEGRADED).status.as_str(),
+                cond(&s, DEGRADED).reason.as_str()
+            ),
+            ("False", "AsExpected")
+        );
+        for c in &s.conditions {
+            assert_eq!(c.observed_generation, Some(1));
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flip() {
+        let mut isvc = fixture("minimal.yaml");
+        let rolling = Dep {
+            desired: 2,
+            replicas: 3,
+            ready: 2,
+            updated: 1,
+            available: 2,
+            ..Dep::steady(2)
+        }
+        .build();
+        let s1 = run(&isvc, Some(&rolling), PodHealth::default(), None, t(0));
+        assert_eq!(cond(&s1, READY).status, "False");
+        assert_eq!(cond(&s1, READY).reason, "RolloutInProgress");
+        assert_eq!(cond(&s1, PROGRESSING).status, "True");
+        isvc.status = Some(s1.clone());
+
+        // Same statuses later (the message changes): times stay.
+        let rolling2 = Dep {
+            desired: 2,
+            replicas: 3,
+            ready: 3,
+            updated: 2,
+            available: 3,
+            ..Dep::steady(2)
+        }
+        .build();
+        let s2 = run(&isvc, Some(&rolling2), PodHealth::default(), None, t(30));
+        for ty in [READY, AVAILABLE, PROGRESSING, DEGRADED] {
+            assert_eq!(
+                cond(&s2, ty).last_transition_time,
+                cond(&s1, ty).last_transition_time,
+                "{ty}"
+            );
+        }
+        isvc.status = Some(s2.clone());
+
+        // Rollout done: Ready and Progressing flip and get the new time; the others keep theirs.
+        let s3 = run(
+            &isvc,
+            Some(&Dep::steady(2).build()),
+            PodHealth::default(),
+            None,
+            t(60),
+        );
+        assert_eq!(cond(&s3, READY).status, "True");
+        assert_eq!(cond(&s3, READY).last_transition_time, t(60));
+        assert_eq!(cond(&s3, PROGRESSING).last_transition_time, t(60));
+        assert_eq!(cond(&s3, AVAILABLE).last_transition_time, t(0));
+        assert_eq!(cond(&s3, DEGRADED).last_transition_time, t(0));
+    }
+
+    #[test]
+    fn stuck_rollout_is_degraded_and_not_ready() {
+        let isvc = fixture("minimal.yaml");
+        let d = Dep {
+            desired: 2,
+            replicas: 3,
+            ready: 2,
+            updated: 1,
+            available: 2,
+            stuck: true,
+            ..Dep::steady(2)
+        }
+        .build();
+        let s = run(&isvc, Some(&d), PodHealth::default(), None, t(0));
+        assert_eq!(
+            (
+                cond(&s, READY).status.as_str(),
+                cond(&s, READY).reason.as_str()
+            ),
+            ("False", "ProgressDeadlineExceeded")
+        );
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert_eq!(
+            (
+                cond(&s, PROGRESSING).status.as_str(),
+                cond(&s, PROGRESSING).reason.as_str()
+            ),
+            ("False", "ProgressDeadlineExceeded")
+        );
+        // Old pods still serve.
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+    }
+
+    fn crashing_pod(name: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "server".into(),
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some("CrashLoopBackOff".into()),
+                            message: Some("back-off 40s restarting failed container".into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    last_state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 1,
+                            reason: Some("Error".into()),
+                            message: Some(
+                                "failed to load weights from /models/missing.safetensors".into(),
+                            ),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    restart_count: 4,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn crash_looping_pods_make_ready_false() {
+        let isvc = fixture("minimal.yaml");
+        // Even with the old pods still available.
+        let d = Dep {
+            desired: 2,
+            replicas: 3,
+            ready: 2,
+            updated: 1,
+            available: 2,
+            ..Dep::steady(2)
+        }
+        .build();
+        let health = pod_health(&[
+            crashing_pod("resnet50-new-1"),
+            crashing_pod("resnet50-new-2"),
+        ]);
+        assert_eq!(health.crash_looping.len(), 2);
+        let s = run(&isvc, Some(&d), health, None, t(0));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CrashLoopBackOff")
+        );
+        assert!(
+            ready.message.contains("resnet50-new-1"),
+            "{}",
+            ready.message
+        );
+        assert!(
+            ready.message.contains("failed to load weights"),
+            "{}",
+            ready.message
+        );
+        assert!(ready.message.contains("1 more pods"), "{}", ready.message);
+        assert_eq!(
+            (
+                cond(&s, DEGRADED).status.as_str(),
+                cond(&s, DEGRADED).reason.as_str()
+            ),
+            ("True", "CrashLoopBackOff")
+        );
+    }
+
+    #[test]
+    fn image_pull_errors_and_unschedulable_pods() {
+        let mut pull = crashing_pod("p1");
+        let cs = &mut pull
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0];
+        cs.state.as_mut().unwrap().waiting = Some(ContainerStateWaiting {
+            reason: Some("ImagePullBackOff".into()),
+            message: Some("Back-off pulling image".into()),
+        });
+        let pending = Pod {
+            metadata: ObjectMeta {
+                name: Some("p2".into()),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        let mut deleting = crashing_pod("p3");
+        deleting.metadata.deletion_timestamp = Some(t(0));
+        let h = pod_health(&[pull, pending.clone(), deleting]);
+        assert_eq!(h.crash_looping.len(), 0, "pods being deleted are ignored");
+        assert_eq!(h.cannot_start[0].reason, "ImagePullBackOff");
+        assert_eq!(h.unschedulable[0].pod, "p2");
+
+        let isvc = fixture("minimal.yaml");
+        let d = Dep {
+            desired: 1,
+            replicas: 1,
+            ready: 0,
+            updated: 1,
+            available: 0,
+            ..Dep::steady(1)
+        }
+        .build();
+        let s = run(&isvc, Some(&d), h, None, t(0));
+        assert_eq!(cond(&s, READY).reason, "ImagePullBackOff");
+
+        // Unschedulable alone is not Degraded (the cluster may be scaling up) but explains Ready.
+        let d = Dep {
+            desired: 2,
+            replicas: 2,
+            ready: 1,
+            updated: 1,
+            available: 1,
+            ..Dep::steady(2)
+        }
+        .build();
+        let s = run(&isvc, Some(&d), pod_health(&[pending]), None, t(0));
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert_eq!(cond(&s, READY).reason, "Unschedulable");
+        assert!(
+            cond(&s, READY)
+                .message
+                .contains("Insufficient nvidia.com/gpu")
+        );
+    }
+
+    #[test]
+    fn pods_that_cannot_be_created_are_degraded() {
+        let isvc = fixture("full.yaml");
+        let mut d = Dep {
+            replicas: 0,
+            ready: 0,
+            updated: 0,
+            available: 0,
+            ..Dep::steady(3)
+        }
+        .build();
+        d.status.as_mut().unwrap().conditions.as_mut().unwrap().push(DeploymentCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some("FailedCreate".into()),
+            message: Some("pods \"resnet50-6c6584ddd6-\" is forbidden: error looking up service account ml/inference: serviceaccount \"inference\" not found".into()),
+            ..Default::default()
+        });
+        let s = run(&isvc, Some(&d), PodHealth::default(), None, t(0));
+        assert_eq!(
+            (
+                cond(&s, DEGRADED).status.as_str(),
+                cond(&s, DEGRADED).reason.as_str()
+            ),
+            ("True", "FailedCreate")
+        );
+        assert_eq!(cond(&s, READY).reason, "FailedCreate");
+        assert!(
+            cond(&s, READY)
+                .message
+                .contains("serviceaccount \"inference\" not found")
+        );
+    }
+
+    #[test]
+    fn operator_problem_is_degraded() {
+        let isvc = fixture("minimal.yaml");
+        let p = Problem::new(
+            "InvalidSpec",
+            "spec.resources.requests.cpu: must be less than or equal to spec.resources.limits.cpu",
+        );
+        let s = run(&isvc, None, PodHealth::default(), Some(p.clone()), t(0));
+        assert_eq!(
+            (
+                cond(&s, DEGRADED).status.as_str(),
+                cond(&s, DEGRADED).reason.as_str()
+            ),
+            ("True", "InvalidSpec")
+        );
+        assert_eq!(cond(&s, DEGRADED).message, p.message);
+        assert_eq!(
+            (
+                cond(&s, READY).status.as_str(),
+                cond(&s, READY).reason.as_str()
+            ),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(cond(&s, AVAILABLE).reason, "DeploymentNotFound");
+        // The previous Deployment keeps serving: Available stays true.
+        let d = Dep::steady(1).build();
+        let s = run(&isvc, Some(&d), PodHealth::default(), Some(p), t(0));
+        assert_eq!(cond(&s, AVAILABLE).status, "True");
+        assert_eq!(cond(&s, READY).status, "False");
+    }
+
+    #[test]
+    fn new_deployment_and_scale_to_zero() {
+        let isvc = fixture("minimal.yaml");
+        let s = run(&isvc, None, PodHealth::default(), None, t(0));
+        assert_eq!(cond(&s, PROGRESSING).reason, "Creating");
+        assert_eq!(cond(&s, READY).status, "False");
+
+        let fresh = Dep {
+            generation: 2,
+            observed: 1,
+            ..Dep::steady(1)
+        }
+        .build();
+        let s = run(&isvc, Some(&fresh), PodHealth::default(), None, t(0));
+        assert_eq!(cond(&s, PROGRESSING).reason, "RolloutPending");
+        assert_eq!(cond(&s, READY).reason, "RolloutInProgress");
+
+        let loading = Dep {
+            ready: 0,
+            available: 0,
+            ..Dep::steady(1)
+        }
+        .build();
+        let s = run(&isvc, Some(&loading), PodHealth::default(), None, t(0));
+        assert_eq!(cond(&s, READY).reason, "NoReplicasAvailable");
+
+        let zero = Dep::steady(0).build();
+        let s = run(&isvc, Some(&zero), PodHealth::default(), None, t(0));
+        assert_eq!(cond(&s, READY).reason, "ScaledToZero");
+        assert_eq!(cond(&s, AVAILABLE).reason, "ScaledToZero");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn scaling_up_keeps_ready() {
+        // The HPA added pods that are still loading the model: the service still serves.
+        let isvc = fixture("autoscaling.yaml");
+        let d = Dep {
+            desired: 5,
+            replicas: 5,
+            ready: 2,
+            updated: 5,
+            available: 2,
+            ..Dep::steady(5)
+        }
+        .build();
+        let s = run(&isvc, Some(&d), PodHealth::default(), None, t(0));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert!(cond(&s, READY).message.contains("version 1"));
+    }
+
+    #[test]
+    fn long_messages_are_truncated() {
+        let s = truncate("é".repeat(2000));
+        assert!(s.len() <= MAX_MESSAGE + '…'.len_utf8());
+    }
+}

@@ -1,0 +1,692 @@
+//! Shared helpers of the operator's cluster tests: the private cluster (one per test binary),
+//! the CRD, the operator as a child process, namespaces, and waits that dump the relevant objects
+//! (and the operator's log) when they time out.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use inference_operator::crd::{self, InferenceService};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use test_cluster::{Cluster, Options};
+
+/// Field manager of the tests' own applies (the "user").
+pub const USER: &str = "cluster-test";
+
+pub fn tmp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// This binary's private cluster (no node: pods stay Pending), torn down when the process exits.
+pub fn cluster() -> &'static Cluster {
+    Cluster::shared(|| Options {
+        local_node: None,
+        state_root: Some(tmp_dir()),
+    })
+}
+
+/// Applies the CRD from `crds/` with server-side apply (idempotent, so every test may call it)
+/// and waits until the API server serves it.
+pub async fn install_crd(client: &Client) {
+    let path = test_cluster::workspace_root()
+        .join("crds")
+        .join(crd::crd_file_name());
+    test_cluster::apply_file(client, &path, None)
+        .await
+        .unwrap_or_else(|e| panic!("applying {}: {e:#}", path.display()));
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "inferenceservices.serving.inference-server.dev";
+    let established = test_cluster::wait_for(
+        "the InferenceService CRD Established",
+        Duration::from_secs(30),
+        || async {
+            let c = crds.get(name).await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    );
+    established.await;
+    let isvcs: Api<InferenceService> = Api::all(client.clone());
+    test_cluster::wait_for(
+        "InferenceServices served",
+        Duration::from_secs(30),
+        || async { isvcs.list(&ListParams::default().limit(1)).await.ok() },
+    )
+    .await;
+}
+
+/// A test's world: a client, its own namespace (deleted by [`Env::finish`]; the whole cluster
+/// goes when the test process exits, also after a failure), and the operator processes it runs.
+pub struct Env {
+    pub cluster: &'static Cluster,
+    pub client: Client,
+    pub ns: String,
+    /// Operator logs to show when a wait fails.
+    pub logs: Vec<PathBuf>,
+    started: Instant,
+}
+
+impl Env {
+    /// Cluster (shared), CRD, a fresh namespace `<prefix>-<random>`.
+    pub async fn new(cluster: &'static Cluster, prefix: &str) -> Env {
+        let client = cluster.client().await;
+        install_crd(&client).await;
+        let ns = test_cluster::create_namespace(&client, prefix)
+            .await
+            .expect("creating the test namespace");
+        Env {
+            cluster,
+            client,
+            ns,
+            logs: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn isvcs(&self) -> Api<InferenceService> {
+        self.api()
+    }
+
+    /// Starts the operator for this namespace (`--namespace`, no leader election).
+    pub fn start_operator(&mut self, tag: &str) -> Operator {
+        self.start_operator_with(tag, &["--leader-election", "false"])
+    }
+
+    /// Starts the operator for this namespace with these flags; its log goes into failure dumps.
+    pub fn start_operator_with(&mut self, tag: &str, flags: &[&str]) -> Operator {
+        let op = Operator::start(self.cluster, tag, &self.ns, flags);
+        self.logs.push(op.log.clone());
+        op
+    }
+
+    /// Server-side applies an InferenceService (`spec` as JSON) as the user: the whole desired
+    /// spec each time, so fields left out are removed.
+    pub async fn apply_isvc(&self, name: &str, spec: Value) -> InferenceService {
+        self.apply_isvc_full(name, json!({}), spec).await
+    }
+
+    pub async fn apply_isvc_full(
+        &self,
+        name: &str,
+        metadata: Value,
+        spec: Value,
+    ) -> InferenceService {
+        let mut meta = json!({ "name": name });
+        merge(&mut meta, metadata);
+        let obj = json!({
+            "apiVersion": "serving.inference-server.dev/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": meta,
+            "spec": spec,
+        });
+        self.isvcs()
+            .patch(name, &PatchParams::apply(USER).force(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("applying InferenceService {name}: {e}"))
+    }
+
+    /// Polls `f` (every 250 ms) until it gives `Some`; after `timeout` panics with `what`, a dump
+    /// of the namespace's objects and the tail of the operator logs.
+    pub async fn wait<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let t0 = Instant::now();
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if t0.elapsed() > timeout {
+                let dump = self.dump().await;
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n\
+                     ---- namespace {} ----\n{dump}",
+                    self.ns
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits for the InferenceService's status to satisfy `f`; returns the object.
+    pub async fn wait_isvc(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&InferenceService) -> bool,
+    ) -> InferenceService {
+        let api = self.isvcs();
+        self.wait(&format!("InferenceService {name}: {what}"), timeout, || {
+            let api = api.clone();
+            let f = &f;
+            async move { api.get(name).await.ok().filter(|i| f(i)) }
+        })
+        .await
+    }
+
+    /// Waits until the object exists and satisfies `f`.
+    pub async fn wait_obj<K>(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&K) -> bool,
+    ) -> K
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        self.wait(&format!("{kind} {name}: {what}"), timeout, || {
+            let api = api.clone();
+            let f = &f;
+            async move { api.get_opt(name).await.ok().flatten().filter(|o| f(o)) }
+        })
+        .await
+    }
+
+    /// Waits until the object is gone.
+    pub async fn wait_gone<K>(&self, name: &str, timeout: Duration)
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        self.wait(&format!("{kind} {name} to be gone"), timeout, || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
+        })
+        .await
+    }
+
+    /// Everything worth seeing when a wait fails.
+    pub async fn dump(&self) -> String {
+        let mut out = String::new();
+        section::<InferenceService>(
+            &mut out,
+            &self.api(),
+            |i| json!({"generation": i.metadata.generation, "spec": i.spec, "status": i.status}),
+        )
+        .await;
+        section::<Deployment>(&mut out, &self.api(), |d| {
+            let spec = d.spec.as_ref();
+            json!({
+                "uid": d.metadata.uid,
+                "generation": d.metadata.generation,
+                "replicas": spec.and_then(|s| s.replicas),
+                "image": spec.and_then(|s| s.template.spec.as_ref()).map(|p| p.containers[0].image.clone()),
+                "status": d.status,
+                "managers": managers(&d.metadata),
+            })
+        })
+        .await;
+        section::<ReplicaSet>(
+            &mut out,
+            &self.api(),
+            |r| json!({"replicas": r.spec.as_ref().and_then(|s| s.replicas), "status": r.status}),
+        )
+        .await;
+        section::<Service>(&mut out, &self.api(), |s| json!({"spec": s.spec})).await;
+        section::<HorizontalPodAutoscaler>(
+            &mut out,
+            &self.api(),
+            |h| json!({"spec": h.spec, "status": h.status}),
+        )
+        .await;
+        section::<PodDisruptionBudget>(&mut out, &self.api(), |p| json!({"spec": p.spec})).await;
+        section::<Pod>(&mut out, &self.api(), |p| {
+            let st = p.status.as_ref();
+            json!({
+                "phase": st.and_then(|s| s.phase.clone()),
+                "podIP": st.and_then(|s| s.pod_ip.clone()),
+                "deleting": p.metadata.deletion_timestamp.is_some(),
+                "containerStatuses": st.and_then(|s| s.container_statuses.clone()),
+            })
+        })
+        .await;
+        section::<k8s_openapi::api::events::v1::Event>(&mut out, &self.api(), |e| {
+            json!(format!(
+                "{} {} {}: {}",
+                e.type_.clone().unwrap_or_default(),
+                e.regarding
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.note.clone().unwrap_or_default()
+            ))
+        })
+        .await;
+        for log in &self.logs {
+            let _ = writeln!(out, "---- {} (last 60 lines) ----", log.display());
+            out.push_str(&tail(log, 60));
+        }
+        out
+    }
+
+    /// Deletes the namespace (at the end of a test that passed; a failed test leaves it for the
+    /// cluster teardown, which removes everything).
+    /// The operator logs go too, unless TEST_CLUSTER_KEEP_LOGS is set.
+    pub async fn finish(self) {
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let _ = nss.delete(&self.ns, &DeleteParams::background()).await;
+        eprintln!(
+            "namespace {}: passed in {:.1}s",
+            self.ns,
+            self.started.elapsed().as_secs_f32()
+        );
+        if std::env::var_os("TEST_CLUSTER_KEEP_LOGS").is_none() {
+            for log in &self.logs {
+                let _ = std::fs::remove_file(log);
+            }
+        }
+    }
+}
+
+async fn section<K>(out: &mut String, api: &Api<K>, f: impl Fn(&K) -> Value)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    match api.list(&ListParams::default()).await {
+        Ok(list) => {
+            for o in &list.items {
+                let _ = writeln!(
+                    out,
+                    "{kind} {}: {}",
+                    o.name_any(),
+                    serde_json::to_string_pretty(&f(o)).unwrap_or_default()
+                );
+            }
+            if list.items.is_empty() {
+                let _ = writeln!(out, "{kind}: none");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{kind}: cannot list: {e}");
+        }
+    }
+}
+
+/// `manager/operation[/subresource]` of each managedFields entry.
+pub fn managers(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Vec<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .map(|m| {
+            let mut s = format!(
+                "{}/{}",
+                m.manager.clone().unwrap_or_default(),
+                m.operation.clone().unwrap_or_default()
+            );
+            if let Some(sub) = m.subresource.as_deref().filter(|s| !s.is_empty()) {
+                s.push('/');
+                s.push_str(sub);
+            }
+            s
+        })
+        .collect()
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
+    s.push('\n');
+    s
+}
+
+pub fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The `inference-operator` binary running as a child process against the test cluster. Killed
+/// (SIGKILL) on drop; it also dies with the test thread that started it (PR_SET_PDEATHSIG), so a
+/// killed test binary leaves no operator behind.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+    /// `127.0.0.1:<port>` of /healthz, /readyz and /metrics.
+    pub listen: String,
+}
+
+impl Operator {
+    /// Starts the operator watching `namespace`, with `extra` flags.
+    pub fn start(cluster: &Cluster, tag: &str, namespace: &str, extra: &[&str]) -> Operator {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = tmp_dir().join(format!(
+            "operator-{namespace}-{tag}-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        ));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inference-operator"));
+        cmd.args([
+            "--namespace",
+            namespace,
+            "--listen",
+            &listen,
+            "--log-format",
+            "text",
+        ])
+        .args(["--default-image", DEFAULT_IMAGE])
+        .args(extra)
+        .envs(cluster.env())
+        .env("RUST_LOG", "info,inference_operator=debug")
+        // Nothing from the caller's environment may change the flags' defaults.
+        .env_remove("WATCH_NAMESPACE")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("POD_NAME")
+        .env_remove("LEADER_ELECTION")
+        .env_remove("LEADER_ELECTION_LEASE")
+        .env_remove("RECONCILE_CONCURRENCY")
+        .env_remove("CLUSTER_DOMAIN")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting inference-operator");
+        eprintln!(
+            "operator {tag} for {namespace}: pid {}, log {}",
+            child.id(),
+            log.display()
+        );
+        Operator { child, log, listen }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits (at most `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("waiting for the operator") {
+                return st;
+            }
+            if t0.elapsed() > timeout {
+                let log = tail(&self.log, 40);
+                self.kill();
+                panic!("the operator did not exit within {timeout:?} after SIGTERM:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// GET on the operator's HTTP port: (status code, body), or None if it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(&self.listen).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.listen
+        )
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        Some((code, body.to_string()))
+    }
+
+    /// The value of a metric line without labels, e.g. `inference_operator_leader`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Whether the log contains `needle` (for checks on what the operator did).
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::fs::File::open(&self.log)
+            .map(|f| {
+                BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .any(|l| l.contains(needle))
+            })
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `--default-image` of the operators the tests start (local-node runs any image whose name
+/// contains `inference-server`).
+pub const DEFAULT_IMAGE: &str = "example.com/ml/inference-server:test";
+
+// ---- Reading objects ------------------------------------------------------------------------
+
+pub fn cond<'a>(isvc: &'a InferenceService, type_: &str) -> Option<&'a Condition> {
+    isvc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// `(status, reason)` of a condition, `("", "")` if absent.
+pub fn cond_of(isvc: &InferenceService, type_: &str) -> (String, String) {
+    cond(isvc, type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+/// The status describes the current generation (status and every condition).
+pub fn observed_current(isvc: &InferenceService) -> bool {
+    let g = isvc.metadata.generation;
+    isvc.status.as_ref().is_some_and(|s| {
+        s.observed_generation == g
+            && s.conditions.len() == 4
+            && s.conditions.iter().all(|c| c.observed_generation == g)
+    })
+}
+
+pub fn status_json(isvc: &InferenceService) -> String {
+    serde_json::to_string_pretty(&isvc.status).unwrap_or_default()
+}
+
+pub fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+/// The env of the Deployment's server container as name → value.
+pub fn env_map(d: &Deployment) -> std::collections::BTreeMap<String, String> {
+    container(d)
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+pub fn container(d: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+pub fn image_of(d: &Deployment) -> String {
+    container(d).image.clone().unwrap_or_default()
+}
+
+/// The controller owner reference must point at this InferenceService.
+pub fn assert_owned_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    isvc: &InferenceService,
+    what: &str,
+) {
+    let refs = meta.owner_references.clone().unwrap_or_default();
+    assert_eq!(refs.len(), 1, "{what}: one owner reference: {refs:?}");
+    let o = &refs[0];
+    assert_eq!(
+        o.api_version, "serving.inference-server.dev/v1alpha1",
+        "{what}"
+    );
+    assert_eq!(o.kind, "InferenceService", "{what}");
+    assert_eq!(o.name, isvc.name_any(), "{what}");
+    assert_eq!(
+        Some(&o.uid),
+        isvc.metadata.uid.as_ref(),
+        "{what}: owner uid"
+    );
+    assert_eq!(o.controller, Some(true), "{what}: controller=true");
+    assert_eq!(
+        o.block_owner_deletion,
+        Some(true),
+        "{what}: blockOwnerDeletion"
+    );
+}
+
+/// The four labels every child carries.
+pub fn assert_child_labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    name: &str,
+    what: &str,
+) {
+    let l = meta.labels.clone().unwrap_or_default();
+    assert_eq!(
+        l.get("app.kubernetes.io/name").map(String::as_str),
+        Some("inference-server"),
+        "{what}: {l:?}"
+    );
+    assert_eq!(
+        l.get("app.kubernetes.io/instance").map(String::as_str),
+        Some(name),
+        "{what}: {l:?}"
+    );
+    assert_eq!(
+        l.get("app.kubernetes.io/component").map(String::as_str),
+        Some("predictor"),
+        "{what}: {l:?}"
+    );
+    assert_eq!(
+        l.get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("inference-operator"),
+        "{what}: {l:?}"
+    );
+}
+
+/// The selector labels of an InferenceService's pods.
+pub fn selector(name: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "inference-server".to_string(),
+        ),
+    ]
+    .into()
+}
+
+/// ReplicaSets controlled by this Deployment (by uid).
+pub async fn replica_sets_of(env: &Env, d: &Deployment) -> Vec<ReplicaSet> {
+    let rs: Api<ReplicaSet> = env.api();
+    let uid = d.metadata.uid.clone();
+    rs.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            r.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+        })
+        .collect()
+}
+
+pub fn rs_image(r: &ReplicaSet) -> String {
+    r.spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|p| p.containers[0].image.clone())
+        .unwrap_or_default()
+}
