@@ -6,7 +6,7 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build test test-rust weights demo bench fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build test weights demo bench fuzz crds cluster-up cluster-down parity-fixture clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
@@ -40,10 +40,8 @@ weights: $(WEIGHTS)
 $(WEIGHTS): deps
 	$(CARGO) run --release -q -p inference-server -- generate-weights --seed 42 --out $@
 
-test: test-rust
-
-test-rust: deps
-	$(CARGO) test --release --workspace --no-fail-fast
+test: deps
+	tools/test.sh
 
 fuzz:
 	tools/fuzz.sh
@@ -53,15 +51,17 @@ crds:
 	$(CARGO) run -q --release -p inference-operator --bin crdgen -- crds $(wildcard charts/inference-operator/crds)
 
 # The local control plane (etcd, kube-apiserver, kube-controller-manager), built from Go modules.
-cluster-up:
-	hack/cluster.sh up
+cluster-up: build
+	LOCAL_NODE_BIN=target/release/local-node INFERENCE_SERVER_BIN=target/release/inference-server hack/cluster.sh up
 
+# Also stops the demo's operator process.
 cluster-down:
+	@if [ -f $(STATE)/demo/operator.pid ]; then kill $$(cat $(STATE)/demo/operator.pid) 2>/dev/null || true; rm -f $(STATE)/demo/operator.pid; fi
 	hack/cluster.sh down
 
-# For now: the server alone on generated weights; the cluster demo replaces this.
+# Control plane + local node + operator + an InferenceService, then a prediction over HTTP.
 demo: build weights
-	tools/demo-server.sh $(WEIGHTS)
+	tools/demo.sh $(WEIGHTS)
 
 clean:
 	rm -rf $(STATE)
