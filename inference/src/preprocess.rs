@@ -98,10 +98,28 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Prep
     l.max_alloc = Some(width as u64 * height as u64 * 8 + (64 << 20));
     reader.limits(l);
     let img = reader.decode().map_err(classify)?;
-    Ok(match img {
+    Ok(to_rgb8_like_pil(img))
+}
+
+/// 8-bit RGB the way PIL gets there, which for 16-bit samples is not "scale to 8 bits":
+/// 16-bit grey opens as mode `I;16` and `convert("RGB")` clips it at 255; 16-bit RGB(A) and
+/// grey+alpha open as 8-bit RGB(A) keeping the high byte (PNG rawmode `RGB;16B`).
+fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let from_fn =
+        |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+    match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
+        DynamicImage::ImageLuma16(g) => from_fn(&|x, y| [g.get_pixel(x, y).0[0].min(255) as u8; 3]),
+        DynamicImage::ImageLumaA16(g) => from_fn(&|x, y| [(g.get_pixel(x, y).0[0] >> 8) as u8; 3]),
+        DynamicImage::ImageRgb16(c) => from_fn(&|x, y| c.get_pixel(x, y).0.map(|v| (v >> 8) as u8)),
+        DynamicImage::ImageRgba16(c) => from_fn(&|x, y| {
+            let [r, g, b, _] = c.get_pixel(x, y).0;
+            [r, g, b].map(|v| (v >> 8) as u8)
+        }),
+        // 8-bit grey is replicated, 8-bit alpha dropped (not composited), as PIL does.
         other => other.to_rgb8(),
-    })
+    }
 }
 
 /// JPEG through libjpeg-turbo's decoder (mozjpeg's copy of it), as PIL decodes it: integer
@@ -367,6 +385,53 @@ mod tests {
         normalize_into(&rgb, &mut out);
         assert_eq!(out[0], (1.0f32 - 0.485) / 0.229);
         assert_eq!(out[INPUT_LEN - 1], (1.0f32 - 0.406) / 0.225);
+    }
+
+    fn png<P: image::PixelWithColorType<Subpixel = u16>>(
+        img: image::ImageBuffer<P, Vec<u16>>,
+    ) -> Vec<u8>
+    where
+        [P::Subpixel]: image::EncodableLayout,
+    {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// Expected values are what Pillow 13 gives for the same PNGs (`Image.open(p).convert("RGB")`).
+    #[test]
+    fn sixteen_bit_pngs_convert_as_pil_does() {
+        let l = DecodeLimits::default();
+        let grey: Vec<u16> = vec![0, 255, 256, 1000, 32768, 65535];
+        let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(6, 1, grey).unwrap();
+        let rgb = decode_rgb8(&png(img), &l).unwrap();
+        assert_eq!(
+            rgb.pixels().map(|p| p.0[0]).collect::<Vec<_>>(),
+            [0, 255, 255, 255, 255, 255]
+        ); // clipped
+        let vals = [0x0000u16, 0x00ff, 0x7fff, 0x80ff, 0xff00, 0xffff];
+        let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(
+            6,
+            1,
+            vals.iter().flat_map(|&v| [v; 3]).collect(),
+        )
+        .unwrap();
+        let rgb = decode_rgb8(&png(img), &l).unwrap();
+        assert_eq!(
+            rgb.pixels().map(|p| p.0[1]).collect::<Vec<_>>(),
+            [0, 0, 127, 128, 255, 255]
+        ); // high byte
+        let img = image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(
+            6,
+            1,
+            vals.iter().flat_map(|&v| [v, 0x1234]).collect(),
+        )
+        .unwrap();
+        let rgb = decode_rgb8(&png(img), &l).unwrap();
+        assert_eq!(
+            rgb.pixels().map(|p| p.0[2]).collect::<Vec<_>>(),
+            [0, 0, 127, 128, 255, 255]
+        );
     }
 
     #[test]
