@@ -281,6 +281,9 @@ pub fn compute(
             "the Deployment controller has not seen the new spec yet",
         ),
         Some(_) if !rolled_out => verdict(true, "RollingOut", counts.clone()),
+        // As Kubernetes defines a complete rollout: every desired replica updated and available
+        // (pods still loading the model, e.g. added by the HPA, keep it Progressing).
+        Some(_) if available < desired => verdict(true, "WaitingForAvailable", counts.clone()),
         Some(_) => verdict(false, "RolloutComplete", counts.clone()),
     };
 
@@ -600,6 +603,28 @@ mod tests {
         assert_eq!(cond(&s3, PROGRESSING).last_transition_time, t(60));
         assert_eq!(cond(&s3, AVAILABLE).last_transition_time, t(0));
         assert_eq!(cond(&s3, DEGRADED).last_transition_time, t(0));
+    }
+
+    #[test]
+    fn rollout_is_not_complete_until_the_pods_are_available() {
+        let isvc = fixture("minimal.yaml");
+        // A fresh rollout: every replica updated, none available yet (still loading the model).
+        let loading = Dep {
+            desired: 2,
+            replicas: 2,
+            ready: 0,
+            updated: 2,
+            available: 0,
+            ..Dep::steady(2)
+        }
+        .build();
+        let s = run(&isvc, Some(&loading), PodHealth::default(), None, t(0));
+        let p = cond(&s, PROGRESSING);
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "WaitingForAvailable")
+        );
+        assert_eq!(cond(&s, READY).status, "False");
     }
 
     #[test]
