@@ -257,11 +257,26 @@ impl Cluster {
             .get_or_init(|| Cluster::start_with(opts()).expect("starting the shared test cluster"))
     }
 
+    /// A command with this cluster's settings and none inherited: `cluster.sh up` starts a node
+    /// by itself when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are set (as `make test` sets them
+    /// for the tests), and a cluster without `local_node` must not get one.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CLUSTER_") || k == "LOCAL_NODE_BIN" || k == "INFERENCE_SERVER_BIN" {
+                cmd.env_remove(&*k);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     /// Runs `hack/cluster.sh <cmd>` for this cluster (e.g. `node-up` after killing the node).
     pub fn cluster_sh(&self, cmd: &str) -> anyhow::Result<String> {
-        let out = Command::new(workspace_root().join("hack/cluster.sh"))
+        let out = self
+            .command(workspace_root().join("hack/cluster.sh"))
             .arg(cmd)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .context("running hack/cluster.sh")?;
@@ -276,7 +291,7 @@ impl Cluster {
     fn spawn_watchdog(&self) -> anyhow::Result<Child> {
         use std::os::unix::process::CommandExt;
         let script = workspace_root().join("hack/cluster.sh");
-        Command::new("sh")
+        self.command("sh")
             .arg("-c")
             .arg(
                 r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
@@ -288,7 +303,6 @@ impl Cluster {
             .arg("test-cluster-watchdog")
             .arg(std::process::id().to_string())
             .arg(script)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
