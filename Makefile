@@ -6,7 +6,7 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build test weights demo bench fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build build-cuda test weights demo bench fuzz crds cluster-up cluster-down parity-fixture clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
@@ -22,6 +22,11 @@ deps:
 
 build: deps
 	$(CARGO) build --release --workspace --bins
+
+# The GPU build (needs no GPU to build; ~25-35 min cold on 2 cores for candle's CUDA kernels).
+# Output: target-cuda/release/inference-server, which starts only where the NVIDIA driver is.
+build-cuda: deps
+	bash -c 'source tools/cuda-env.sh && CARGO_TARGET_DIR=target-cuda $(CARGO) build --release -p inference-server --features cuda'
 
 # Python with torch/torchvision for reference fixtures and benchmarks (~5 GB: CUDA wheels).
 .venv/.installed: tools/requirements.txt

@@ -23,10 +23,12 @@ if [ ! -e "$stubs/libcuda.so" ]; then
     f=$(ls "$cu"/lib/lib$lib.so.* 2>/dev/null | head -1)
     [ -n "$f" ] && ln -sf "$f" "$stubs/lib$lib.so"
   done
-  # Every driver entry point cudarc may bind, as an empty function: enough to link, never run.
-  nm -D --defined-only "$cu"/lib/libcudart.so.* >/dev/null 2>&1 || true
-  printf 'void cuInit(void){}\n' > "$stubs/stub.c"
-  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -Wl,--unresolved-symbols=ignore-all -o "$stubs/libcuda.so" "$stubs/stub.c"
+  # Every driver entry point cudarc binds (read from its sources), as an empty function: enough
+  # to link, never run. The real libcuda.so.1 comes with the driver on a GPU node.
+  sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19*/src/driver/sys/mod.rs 2>/dev/null | tail -1)
+  if [ -z "$sys" ]; then cargo fetch -q && sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19*/src/driver/sys/mod.rs | tail -1); fi
+  grep -ohE 'pub unsafe fn cu[A-Z][A-Za-z0-9_]*' "$sys" | sort -u | sed 's/pub unsafe fn \(.*\)/void \1(void) {}/' > "$stubs/stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/stub.c"
 fi
 export PATH=$cu/bin:$PATH
 export CUDA_HOME=$cu CUDA_PATH=$cu
