@@ -6,7 +6,7 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build build-cuda test weights demo bench fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build build-cuda test weights demo bench bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
@@ -50,6 +50,15 @@ test: deps
 
 fuzz:
 	tools/fuzz.sh
+
+# Forward-only (ours, stock candle, PyTorch eager, ONNX Runtime) and HTTP (ours vs the seed's
+# Flask + gunicorn app) side by side, same weights, same run. BENCH_QUICK=1 for a smoke run.
+bench: deps .venv/.installed
+	tools/bench/run.sh
+
+# On a machine with an NVIDIA GPU, after make build-cuda: img/s at batch 1/8/32.
+bench-gpu:
+	tools/bench/gpu.sh
 
 # Generated files: the CRD from the operator's Rust types (a test fails when these are stale).
 crds:

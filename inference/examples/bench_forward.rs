@@ -1,0 +1,165 @@
+//! Forward-only ResNet50 latency/throughput of our candle model (BatchNorm folded) and of
+//! candle-transformers' stock resnet50, on the same weights.
+//!
+//! Prints one JSON object per (backend, batch) on stdout, with the same keys as
+//! `tools/bench/torch_forward.py` so `tools/bench/report.py` can put them side by side:
+//!   {"backend":"ours","batch":4,"threads":2,"warmup":3,"runs":20,"median_ms":..,"p90_ms":..,
+//!    "min_ms":..,"max_ms":..,"images_per_s":..,"candle":"0.11.1","device":"cpu",..}
+//! Input is a fixed pseudo-random [N,3,224,224] f32 tensor already on the device (no decoding,
+//! no preprocessing, logits stay on the device; CUDA is synchronised before the clock stops).
+//!
+//!   cargo run --release -p inference-server --example bench_forward -- \
+//!       --weights W.safetensors [--threads 2] [--batches 1,4,8] [--warmup 3] [--runs 20] \
+//!       [--backends ours,candle-stock] [--device cpu|cuda]
+//! `--device cuda` needs a build with `--features cuda` (see tools/bench/gpu.sh).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Module, Tensor};
+use clap::Parser;
+use inference_server::model::{INPUT_SIZE, ResNet50, stock};
+use inference_server::weights;
+
+#[derive(Parser)]
+#[command(about = "Forward-only ResNet50 benchmark (candle: ours and stock)")]
+struct Args {
+    #[arg(long)]
+    weights: PathBuf,
+    /// CPU threads for candle's kernels (RAYON_NUM_THREADS); 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, default_value = "1,4,8", value_delimiter = ',')]
+    batches: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// `ours` (BatchNorm folded), `candle-stock` (candle-transformers resnet50).
+    #[arg(long, default_value = "ours,candle-stock", value_delimiter = ',')]
+    backends: Vec<String>,
+    /// `cpu` or `cuda` (GPU 0; `cuda:N` for another ordinal).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)
+            .context("cannot open CUDA device 0 (built with --features cuda?)")?,
+        s if s.starts_with("cuda:") => {
+            let n: usize = s[5..].parse().context("--device cuda:N")?;
+            Device::new_cuda(n).with_context(|| format!("cannot open CUDA device {n}"))?
+        }
+        other => bail!("unknown --device {other} (cpu, cuda, cuda:N)"),
+    })
+}
+
+/// Deterministic input in [-2, 2): timing does not depend on the values.
+fn input(n: usize, device: &Device) -> Result<Tensor> {
+    let len = n * 3 * INPUT_SIZE * INPUT_SIZE;
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15 ^ n as u64;
+    let data: Vec<f32> = (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (n, 3, INPUT_SIZE, INPUT_SIZE), &Device::Cpu)?.to_device(device)?)
+}
+
+fn time_ms(
+    f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    x: &Tensor,
+    dev: &Device,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        let _y = f(x)?;
+        dev.synchronize()?;
+    }
+    let mut ts = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let y = f(x)?;
+        dev.synchronize()?;
+        ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        drop(y);
+    }
+    Ok(ts)
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1e3).round() / 1e3
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        args.threads
+    };
+    // As the server does (main.rs): candle sizes its CPU parallelism from RAYON_NUM_THREADS.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("rayon pool")?;
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+
+    let dev = device(&args.device)?;
+    let w = weights::load(&args.weights, &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    for backend in &args.backends {
+        let f: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>> = match backend.as_str() {
+            "ours" => {
+                let m = ResNet50::new(&w)?;
+                Box::new(move |x| m.forward(x))
+            }
+            "candle-stock" => {
+                let m = stock(&w, &dev)?;
+                Box::new(move |x| m.forward(x))
+            }
+            other => bail!("unknown backend {other} (ours, candle-stock)"),
+        };
+        for &b in &args.batches {
+            let x = input(b, &dev)?;
+            let ts = time_ms(&*f, &x, &dev, args.warmup, args.runs)?;
+            let mut s = ts.clone();
+            s.sort_by(|a, b| a.total_cmp(b));
+            let n = s.len();
+            // Same definitions as torch_forward.py: statistics.median, nearest-rank p90.
+            let med = if n % 2 == 1 {
+                s[n / 2]
+            } else {
+                (s[n / 2 - 1] + s[n / 2]) / 2.0
+            };
+            let p90 = s[((0.9 * (n - 1) as f64).round_ties_even() as usize).min(n - 1)];
+            let line = serde_json::json!({
+                "backend": backend, "batch": b, "threads": threads,
+                "warmup": args.warmup, "runs": n,
+                "median_ms": round3(med), "p90_ms": round3(p90),
+                "min_ms": round3(s[0]), "max_ms": round3(s[n - 1]),
+                "images_per_s": (b as f64 * 1e3 / med * 100.0).round() / 100.0,
+                "candle": "0.11.1", "device": args.device, "cpus": cpus,
+                "machine": std::env::consts::ARCH,
+            });
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Merge benchmark JSON lines into side-by-side tables.
+
+Reads JSON lines (files, or stdin with `-`) written by
+  inference/examples/bench_forward.rs   (backends "ours", "candle-stock")
+  tools/bench/torch_forward.py          (backends "torch", "onnxruntime")
+  tools/bench/http_bench.py             ("kind": "http", servers "ours", "seed")
+and prints a forward-pass table with ratios vs PyTorch eager and vs ONNX Runtime, and an HTTP
+table with ours/seed ratios. Lines that are not JSON objects are ignored.
+
+Usage: python tools/bench/report.py forward.jsonl http.jsonl
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+FWD_ORDER = ["ours", "candle-stock", "torch", "onnxruntime"]
+FWD_LABEL = {"ours": "ours (candle, BN folded)", "candle-stock": "candle-transformers stock",
+             "torch": "PyTorch eager", "onnxruntime": "ONNX Runtime"}
+
+
+def read(paths: list[str]) -> list[dict]:
+    rows = []
+    for p in paths:
+        f = sys.stdin if p == "-" else open(p)
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return rows
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def forward_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    threads = sorted({r.get("threads") for r in rows})
+    runs = sorted({r.get("runs") for r in rows})
+    vers = []
+    for key in ("candle", "torch", "onnxruntime"):
+        v = next((r[key] for r in rows if key in r), None)
+        if v:
+            vers.append(f"{key} {v}")
+    devices = sorted({r.get("device", "cpu") for r in rows})
+    print(f"Forward pass only, input [N,3,224,224] f32 already on the device, same weights; "
+          f"device {'/'.join(devices)}, CPU threads {'/'.join(map(str, threads))}, "
+          f"runs {'/'.join(map(str, runs))}")
+    print(f"({', '.join(vers)}; 'vs X' = img/s / X's img/s at the same batch: >1 = faster than X)")
+    by = {(r["backend"], r["batch"]): r for r in rows}
+    backends = [b for b in FWD_ORDER if any(k[0] == b for k in by)] + sorted(
+        {k[0] for k in by} - set(FWD_ORDER))
+    hdr = f"{'batch':>5}  {'backend':<27}{'median ms':>10}{'p90 ms':>10}{'img/s':>9}{'vs torch':>10}{'vs ORT':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for b in sorted({k[1] for k in by}):
+        ref_t = by.get(("torch", b), {}).get("images_per_s")
+        ref_o = by.get(("onnxruntime", b), {}).get("images_per_s")
+        for be in backends:
+            r = by.get((be, b))
+            if r is None:
+                continue
+            ips = r["images_per_s"]
+            print(f"{b:>5}  {FWD_LABEL.get(be, be):<27}{r['median_ms']:>10.1f}{r['p90_ms']:>10.1f}"
+                  f"{ips:>9.2f}{ratio(ips, ref_t):>10}{ratio(ips, ref_o):>9}")
+    print()
+
+
+def http_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    dur = sorted({r["duration_s"] for r in rows})
+    print(f"HTTP POST /predict, {rows[0].get('images', '?')} real JPEGs cycled, wrk closed loop "
+          f"(C connections), 127.0.0.1, ~{dur[0]:g}-{dur[-1]:g}s per run")
+    for name in ("ours", "seed"):
+        cfg = next((r["config"] for r in rows if r["server"] == name), None)
+        if cfg:
+            print(f"  {name}: {cfg}")
+    print("  ours/seed: img/s ratio >1 = ours faster; latency ratios <1 = ours faster")
+    by = {(r["server"], r["concurrency"]): r for r in rows}
+    hdr = f"{'conc':>4}  {'server':<10}{'img/s':>9}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'requests':>10}{'errors':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for c in sorted({k[1] for k in by}):
+        for name in ("ours", "seed"):
+            r = by.get((name, c))
+            if r:
+                print(f"{c:>4}  {name:<10}{r['images_per_s']:>9.2f}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}"
+                      f"{r['p99_ms']:>10.1f}{r['requests']:>10}{r['errors']:>8}")
+        o, s = by.get(("ours", c)), by.get(("seed", c))
+        if o and s:
+            print(f"{'':>4}  {'ours/seed':<10}{ratio(o['images_per_s'], s['images_per_s']):>9}"
+                  f"{ratio(o['p50_ms'], s['p50_ms']):>10}{ratio(o['p95_ms'], s['p95_ms']):>10}"
+                  f"{ratio(o['p99_ms'], s['p99_ms']):>10}")
+    if any(r["errors"] for r in rows):
+        print("WARNING: some runs had errors (non-2xx, timeouts or socket errors): "
+              + ", ".join(f"{r['server']}@{r['concurrency']}: {r.get('errors_detail')}"
+                          for r in rows if r["errors"]))
+    print()
+
+
+def main() -> None:
+    paths = sys.argv[1:] or ["-"]
+    rows = read(paths)
+    forward_table([r for r in rows if r.get("kind") != "http" and "backend" in r])
+    http_table([r for r in rows if r.get("kind") == "http"])
+    if not rows:
+        raise SystemExit("no benchmark results found in " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    main()
