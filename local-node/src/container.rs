@@ -533,29 +533,8 @@ async fn probe_loop(
         let spec = probe::spec(c, p, &ip);
         warn_unsupported("Startup", &spec);
         tokio::time::sleep_until(started + spec.initial_delay).await;
-        let mut failures = 0;
-        loop {
-            match probe::run(&spec.action, spec.timeout).await {
-                Ok(()) => break,
-                Err(msg) => {
-                    failures += 1;
-                    unhealthy(&ctx, &info, Kind::Startup, &msg);
-                    if failures >= spec.failure_threshold {
-                        let message = format!(
-                            "Container {} failed startup probe, will be restarted",
-                            c.name
-                        );
-                        let _ = kill
-                            .send(Kill {
-                                message,
-                                grace: spec.termination_grace,
-                            })
-                            .await;
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(spec.period).await;
+        if !probe_until(&ctx, &info, &c.name, &spec, Kind::Startup, &kill).await {
+            return;
         }
     }
     set(Some(true), c.readiness_probe.is_none().then_some(true));
@@ -566,30 +545,7 @@ async fn probe_loop(
         warn_unsupported("Liveness", &spec);
         tokio::time::sleep_until((started + spec.initial_delay).max(Instant::now() + spec.period))
             .await;
-        let mut failures = 0;
-        loop {
-            match probe::run(&spec.action, spec.timeout).await {
-                Ok(()) => failures = 0,
-                Err(msg) => {
-                    failures += 1;
-                    unhealthy(&ctx, &info, Kind::Liveness, &msg);
-                    if failures >= spec.failure_threshold {
-                        let message = format!(
-                            "Container {} failed liveness probe, will be restarted",
-                            c.name
-                        );
-                        let _ = kill
-                            .send(Kill {
-                                message,
-                                grace: spec.termination_grace,
-                            })
-                            .await;
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(spec.period).await;
-        }
+        probe_until(&ctx, &info, &c.name, &spec, Kind::Liveness, &kill).await;
     };
     let readiness = async {
         let Some(p) = &c.readiness_probe else { return };
@@ -619,6 +575,44 @@ async fn probe_loop(
         }
     };
     tokio::join!(liveness, readiness);
+}
+
+/// Runs a startup or liveness probe every period. A startup probe returns `true` at its first
+/// success; a liveness probe runs until the container goes. After `failureThreshold` failures in
+/// a row it asks for a restart through `kill` and returns `false`.
+async fn probe_until(
+    ctx: &Ctx,
+    info: &Info,
+    container: &str,
+    spec: &probe::Spec,
+    kind: Kind,
+    kill: &mpsc::Sender<Kill>,
+) -> bool {
+    let mut failures = 0;
+    loop {
+        match probe::run(&spec.action, spec.timeout).await {
+            Ok(()) if kind == Kind::Startup => return true,
+            Ok(()) => failures = 0,
+            Err(msg) => {
+                failures += 1;
+                unhealthy(ctx, info, kind, &msg);
+                if failures >= spec.failure_threshold {
+                    let message = format!(
+                        "Container {container} failed {} probe, will be restarted",
+                        kind.name().to_lowercase()
+                    );
+                    let _ = kill
+                        .send(Kill {
+                            message,
+                            grace: spec.termination_grace,
+                        })
+                        .await;
+                    return false;
+                }
+            }
+        }
+        tokio::time::sleep(spec.period).await;
+    }
 }
 
 fn unhealthy(ctx: &Ctx, info: &Info, kind: Kind, msg: &str) {
