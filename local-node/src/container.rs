@@ -97,6 +97,22 @@ pub async fn run(
     let mut backoff = Backoff::new(ctx.backoff_max);
     let mut last_code = None;
     let update = |f: &dyn Fn(&mut CState)| rt.send_modify(|r| f(&mut r.containers[idx]));
+    // The container could not be started: Waiting with `reason`, and a Warning event.
+    let start_failed = |reason: &str, msg: &str| {
+        update(&|s| {
+            s.state = State::Waiting {
+                reason: reason.into(),
+                message: msg.to_string(),
+            }
+        });
+        ctx.event(
+            info.pod_ref.clone(),
+            EventType::Warning,
+            "Failed",
+            "Starting",
+            format!("Error: {msg}"),
+        );
+    };
     let config_retry = Duration::from_secs(10).min(ctx.backoff_max);
     loop {
         if stop.borrow().is_some() {
@@ -119,19 +135,7 @@ pub async fn run(
             Ok(env) => env,
             Err(msg) => {
                 tracing::warn!(pod = %info.key, container = %c.name, %msg, "cannot build the container's environment");
-                update(&|s| {
-                    s.state = State::Waiting {
-                        reason: "CreateContainerConfigError".into(),
-                        message: msg.clone(),
-                    }
-                });
-                ctx.event(
-                    info.pod_ref.clone(),
-                    EventType::Warning,
-                    "Failed",
-                    "Starting",
-                    format!("Error: {msg}"),
-                );
+                start_failed("CreateContainerConfigError", &msg);
                 if wait_or_stop(config_retry, &mut stop).await {
                     return last_code;
                 }
@@ -163,19 +167,7 @@ pub async fn run(
             Err(e) => {
                 let msg = format!("failed to start {}: {e}", ctx.server_bin.display());
                 tracing::warn!(pod = %info.key, container = %c.name, %msg);
-                update(&|s| {
-                    s.state = State::Waiting {
-                        reason: "RunContainerError".into(),
-                        message: msg.clone(),
-                    }
-                });
-                ctx.event(
-                    info.pod_ref.clone(),
-                    EventType::Warning,
-                    "Failed",
-                    "Starting",
-                    format!("Error: {msg}"),
-                );
+                start_failed("RunContainerError", &msg);
                 let delay = backoff.next(Instant::now()).max(Duration::from_secs(1));
                 if wait_or_stop(delay, &mut stop).await {
                     return last_code;
