@@ -1,5 +1,5 @@
-//! Forward-only ResNet50 latency/throughput of our candle model (BatchNorm folded) and of
-//! candle-transformers' stock resnet50, on the same weights.
+//! Forward-only ResNet50 latency/throughput of our model (the server's path), of the candle model
+//! with BatchNorm folded, and of candle-transformers' stock resnet50, on the same weights.
 //!
 //! Prints one JSON object per (backend, batch) on stdout, with the same keys as
 //! `tools/bench/torch_forward.py` so `tools/bench/report.py` can put them side by side:
@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Module, Tensor};
 use clap::Parser;
-use inference_server::model::{INPUT_SIZE, ResNet50, stock};
+use inference_server::model::{INPUT_SIZE, Model, ResNet50, stock};
 use inference_server::weights;
 
 #[derive(Parser)]
@@ -36,7 +36,8 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 20)]
     runs: usize,
-    /// `ours` (BatchNorm folded), `candle-stock` (candle-transformers resnet50).
+    /// `ours` (what the server runs: the NHWC network on CPU, candle with BatchNorm folded on
+    /// CUDA), `candle-folded`, `candle-stock` (candle-transformers resnet50).
     #[arg(long, default_value = "ours,candle-stock", value_delimiter = ',')]
     backends: Vec<String>,
     /// `cpu` or `cuda` (GPU 0; `cuda:N` for another ordinal).
@@ -126,7 +127,12 @@ fn main() -> Result<()> {
 
     for backend in &args.backends {
         let f: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>> = match backend.as_str() {
-            "ours" => {
+            // What the server runs on this device (cpu_model's NHWC network on the CPU).
+            "ours" => match Model::new(&w, &dev)? {
+                Model::Cpu(m) => Box::new(move |x| m.forward_tensor(x)),
+                Model::Candle { net, .. } => Box::new(move |x| net.forward(x)),
+            },
+            "candle-folded" => {
                 let m = ResNet50::new(&w)?;
                 Box::new(move |x| m.forward(x))
             }
@@ -134,7 +140,7 @@ fn main() -> Result<()> {
                 let m = stock(&w, &dev)?;
                 Box::new(move |x| m.forward(x))
             }
-            other => bail!("unknown backend {other} (ours, candle-stock)"),
+            other => bail!("unknown backend {other} (ours, candle-folded, candle-stock)"),
         };
         for &b in &args.batches {
             let x = input(b, &dev)?;

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod cpu_model;
 pub mod engine;
 pub mod labels;
 pub mod metrics;

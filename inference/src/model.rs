@@ -1,11 +1,13 @@
 //! ResNet50 (torchvision v1.5 layout) with every BatchNorm folded into the convolution before it
 //! at load time, so a forward pass is conv + bias (+ ReLU) per layer instead of conv + 4 BN passes.
+//! This is the GPU path and the reference the CPU network (`cpu_model`) is tested against.
 //! `stock` builds candle-transformers' unmodified resnet50 from the same weights, for tests and
 //! benchmarks.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cpu_model::CpuResNet50;
 pub use crate::preprocess::{INPUT_LEN, INPUT_SIZE};
 use crate::weights::{NUM_CLASSES, STAGES, Weights};
 
@@ -20,33 +22,36 @@ struct FoldedConv {
     padding: usize,
 }
 
+/// Folds `bn` into `conv`: (weight (cout, cin, kh, kw), bias (cout,)), both f32. The fold is done
+/// in f64 so the folded weights round once, not at every intermediate step.
+pub(crate) fn folded_conv(w: &Weights, conv: &str, bn: &str) -> Result<(Tensor, Tensor)> {
+    let get = |n: &str| {
+        w.tensors
+            .get(n)
+            .map(|t| t.to_dtype(DType::F64))
+            .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{n}`")))?
+    };
+    let weight = get(&format!("{conv}.weight"))?;
+    let gamma = get(&format!("{bn}.weight"))?;
+    let beta = get(&format!("{bn}.bias"))?;
+    let mean = get(&format!("{bn}.running_mean"))?;
+    let var = get(&format!("{bn}.running_var"))?;
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let c = scale.dim(0)?;
+    let weight = weight
+        .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
+        .to_dtype(DType::F32)?;
+    let bias = (beta - (mean * &scale)?)?.to_dtype(DType::F32)?;
+    Ok((weight, bias))
+}
+
 impl FoldedConv {
     fn new(w: &Weights, conv: &str, bn: &str, stride: usize, padding: usize) -> Result<Self> {
-        let get = |n: &str| {
-            w.tensors
-                .get(n)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{n}`")))
-        };
-        let weight = get(&format!("{conv}.weight"))?;
-        let gamma = get(&format!("{bn}.weight"))?;
-        let beta = get(&format!("{bn}.bias"))?;
-        let mean = get(&format!("{bn}.running_mean"))?;
-        let var = get(&format!("{bn}.running_var"))?;
-        // Fold in f64 so the folded weights round once, not at every intermediate step.
-        let scale =
-            (gamma.to_dtype(DType::F64)? / (var.to_dtype(DType::F64)? + BN_EPS)?.sqrt()?)?;
-        let c = scale.dim(0)?;
-        let weight = weight
-            .to_dtype(DType::F64)?
-            .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
-            .to_dtype(DType::F32)?;
-        let bias = (beta.to_dtype(DType::F64)? - (mean.to_dtype(DType::F64)? * &scale)?)?
-            .to_dtype(DType::F32)?
-            .reshape((1, c, 1, 1))?;
+        let (weight, bias) = folded_conv(w, conv, bn)?;
+        let c = bias.dim(0)?;
         Ok(Self {
             weight,
-            bias,
+            bias: bias.reshape((1, c, 1, 1))?,
             stride,
             padding,
         })
@@ -150,7 +155,46 @@ pub fn stock(w: &Weights, device: &Device) -> Result<candle_nn::Func<'static>> {
     candle_transformers::models::resnet::resnet50(NUM_CLASSES, vb)
 }
 
-/// Runs any model on a batch held in one flat buffer.
+/// What the server runs: the NHWC network (`cpu_model`) on the CPU, the candle network on a GPU.
+pub enum Model {
+    Cpu(CpuResNet50),
+    Candle { net: ResNet50, device: Device },
+}
+
+impl Model {
+    pub fn new(w: &Weights, device: &Device) -> Result<Self> {
+        Ok(match device {
+            Device::Cpu => Self::Cpu(CpuResNet50::new(w)?),
+            _ => Self::Candle {
+                net: ResNet50::new(w)?,
+                device: device.clone(),
+            },
+        })
+    }
+
+    /// (n, 3, 224, 224) normalised images, flat → (n, classes) logits, flat.
+    pub fn forward_flat(&self, input: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Cpu(net) => {
+                if input.len() != n * INPUT_LEN {
+                    candle_core::bail!("input holds {} values, not {n} images", input.len());
+                }
+                Ok(net.forward(&input, n))
+            }
+            Self::Candle { net, device } => forward_flat(net, input, n, device),
+        }
+    }
+
+    /// Which implementation runs, for logs and /version.
+    pub fn implementation(&self) -> &'static str {
+        match self {
+            Self::Cpu(_) => "cpu-nhwc",
+            Self::Candle { .. } => "candle",
+        }
+    }
+}
+
+/// Runs the candle model on a batch held in one flat buffer.
 pub fn forward_flat(
     model: &ResNet50,
     input: Vec<f32>,

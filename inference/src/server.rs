@@ -9,7 +9,7 @@ use candle_core::Device;
 use crate::api;
 use crate::config::{DevicePref, ServeArgs};
 use crate::engine::{BatchModel, Engine, EngineConfig};
-use crate::model::{self, INPUT_LEN, ResNet50};
+use crate::model::{INPUT_LEN, Model};
 use crate::state::{AppState, WeightsInfo};
 use crate::v2;
 use crate::weights::{self, NUM_CLASSES};
@@ -44,14 +44,9 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
-struct CandleModel {
-    model: ResNet50,
-    device: Device,
-}
-
-impl BatchModel for CandleModel {
+impl BatchModel for Model {
     fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
-        Ok(model::forward_flat(&self.model, input, n, &self.device)?)
+        Ok(self.forward_flat(input, n)?)
     }
     fn classes(&self) -> usize {
         NUM_CLASSES
@@ -70,10 +65,10 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
             "serving RANDOM weights written by `inference-server generate-weights`: predictions are meaningless; see the README for real ResNet50 weights"
         );
     }
-    let model = ResNet50::new(&w).map_err(|e| {
+    let model = Model::new(&w, &device).map_err(|e| {
         anyhow::anyhow!("{}: cannot build ResNet50: {e}", args.model_path.display())
     })?;
-    let model = CandleModel { model, device };
+    tracing::info!(implementation = model.implementation(), "model built");
     model
         .forward(vec![0.0; INPUT_LEN], 1)
         .map_err(|e| anyhow::anyhow!("warm-up forward pass failed: {e:#}"))?;

@@ -1,11 +1,12 @@
 //! Parity with torchvision: the same generated weights and the same real photos must give the
 //! logits that `torchvision.models.resnet50` + the seed's transform gave (fixture written by
-//! `tools/parity/make_fixture.py`, see `make parity-fixture`).
+//! `tools/parity/make_fixture.py`, see `make parity-fixture`), on both implementations: the CPU
+//! network the server runs on CPUs and the candle network it runs on GPUs.
 
 mod common;
 
 use candle_core::Device;
-use inference_server::model::{self, INPUT_LEN, INPUT_SIZE, ResNet50};
+use inference_server::model::{INPUT_LEN, INPUT_SIZE, Model, ResNet50};
 use inference_server::preprocess::{self, DecodeLimits, Filter};
 use inference_server::weights;
 use serde_json::Value;
@@ -31,7 +32,27 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn model() -> ResNet50 {
+/// The server's CPU model (the optimised NHWC network) on the fixture's weights.
+fn model() -> Model {
+    let model = Model::new(&checked_weights(), &Device::Cpu).unwrap();
+    assert_eq!(model.implementation(), "cpu-nhwc");
+    model
+}
+
+/// Both implementations the server can run: the CPU network, and the candle network the GPU runs
+/// (here on the CPU, as no GPU is present).
+fn models() -> Vec<Model> {
+    let w = checked_weights();
+    vec![
+        Model::new(&w, &Device::Cpu).unwrap(),
+        Model::Candle {
+            net: ResNet50::new(&w).unwrap(),
+            device: Device::Cpu,
+        },
+    ]
+}
+
+fn checked_weights() -> weights::Weights {
     let fx = fixture();
     let path = common::weights();
     assert_eq!(
@@ -40,7 +61,7 @@ fn model() -> ResNet50 {
         "generate-weights --seed {} no longer writes the weights the fixture was made from: regenerate it (make parity-fixture)",
         common::SEED
     );
-    ResNet50::new(&weights::load(path, &Device::Cpu).unwrap()).unwrap()
+    weights::load(path, &Device::Cpu).unwrap()
 }
 
 fn top5(logits: &[f32]) -> Vec<u64> {
@@ -104,7 +125,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn bytes_to_logits_matches_torchvision() {
     let fx = fixture();
-    let model = model();
+    let models = models();
     let positions = fx["sample_positions"].as_array().unwrap();
     let mut report = Vec::new();
     for case in cases() {
@@ -137,16 +158,23 @@ fn bytes_to_logits_matches_torchvision() {
             case.file
         );
 
-        let logits = model::forward_flat(&model, input, 1, &Device::Cpu).unwrap();
-        let diff = max_abs_diff(&logits, &case.expected);
-        report.push(format!("{}: max|Δlogit| {diff:.2e}", case.file));
-        assert_eq!(
-            top5(&logits),
-            case.top5,
-            "{}: top-5 differs from torchvision",
-            case.file
-        );
-        assert!(diff <= TOL, "{}: max |Δlogit| {diff} > {TOL}", case.file);
+        for model in &models {
+            let which = model.implementation();
+            let logits = model.forward_flat(input.clone(), 1).unwrap();
+            let diff = max_abs_diff(&logits, &case.expected);
+            report.push(format!("{} [{which}]: max|Δlogit| {diff:.2e}", case.file));
+            assert_eq!(
+                top5(&logits),
+                case.top5,
+                "{} [{which}]: top-5 differs from torchvision",
+                case.file
+            );
+            assert!(
+                diff <= TOL,
+                "{} [{which}]: max |Δlogit| {diff} > {TOL}",
+                case.file
+            );
+        }
     }
     println!("{}", report.join("\n"));
 }
@@ -167,7 +195,7 @@ fn tolerance_catches_wrong_filter_and_wrong_crop() {
                 &preprocess::resize_center_crop_with(&rgb, filter, shift),
                 &mut input,
             );
-            let logits = model::forward_flat(&model, input, 1, &Device::Cpu).unwrap();
+            let logits = model.forward_flat(input, 1).unwrap();
             let diff = max_abs_diff(&logits, &case.expected);
             assert!(
                 diff > TOL,

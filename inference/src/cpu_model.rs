@@ -1,0 +1,421 @@
+//! ResNet50 forward pass for the CPU, built for speed (issue 5).
+//!
+//! candle's conv2d spends most of its time around the matrix multiply (im2col in NCHW, per-call
+//! weight repacking, layout copies, separate bias/ReLU passes). Here:
+//! - activations are NHWC end to end, so a 1×1 stride-1 convolution is one GEMM straight on the
+//!   activation and a k×k one is one GEMM over an im2col buffer built from contiguous channel runs;
+//! - BatchNorm is folded at load (the same f64 fold as `model`), weights are laid out once as
+//!   (kh·kw·cin, cout) row-major;
+//! - bias, residual add and ReLU cost one pass after each GEMM: the residual is the GEMM's
+//!   destination, and a downsample block's two biases are summed at load;
+//! - buffers live between calls (fresh multi-megabyte allocations page-fault on every forward).
+//!
+//! The GEMM is the `gemm` crate candle itself uses, with its AVX-512 kernels enabled (`x86-v4`);
+//! it picks the kernel by CPU feature at run time, so one binary runs on any x86-64.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::model::{INPUT_SIZE, folded_conv};
+use crate::weights::{STAGES, Weights};
+
+/// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) row-major matrix.
+struct Conv {
+    k: usize,
+    stride: usize,
+    pad: usize,
+    cin: usize,
+    cout: usize,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Conv {
+    fn new(w: &Weights, conv: &str, bn: &str, stride: usize, pad: usize) -> Result<Self> {
+        let (weight, bias) = folded_conv(w, conv, bn)?;
+        let (cout, cin, k, _) = weight.dims4()?;
+        // (cout, cin, kh, kw) → (kh, kw, cin, cout): the im2col row order below.
+        let w = weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
+        let b = bias.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            k,
+            stride,
+            pad,
+            cin,
+            cout,
+            w,
+            b,
+        })
+    }
+
+    fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            (h + 2 * self.pad - self.k) / self.stride + 1,
+            (w + 2 * self.pad - self.k) / self.stride + 1,
+        )
+    }
+
+    /// `dst[m×cout] (+)= conv(src)`, without bias. Returns the output (h, w).
+    /// `col` is scratch for the im2col matrix; a 1×1 stride-1 conv does not touch it.
+    fn gemm(
+        &self,
+        src: &[f32],
+        (n, h, w): (usize, usize, usize),
+        col: &mut Vec<f32>,
+        dst: &mut [f32],
+        accumulate: bool,
+    ) -> (usize, usize) {
+        let (ho, wo) = self.out_size(h, w);
+        let m = n * ho * wo;
+        let kk = self.k * self.k * self.cin;
+        let lhs: &[f32] = if self.k == 1 && self.stride == 1 {
+            &src[..m * self.cin]
+        } else {
+            let col = grow(col, m * kk);
+            im2col(src, (n, h, w, self.cin), self.k, self.stride, self.pad, col);
+            col
+        };
+        matmul(
+            &mut dst[..m * self.cout],
+            lhs,
+            &self.w,
+            (m, kk, self.cout),
+            accumulate,
+        );
+        (ho, wo)
+    }
+}
+
+struct Bottleneck {
+    conv1: Conv,
+    conv2: Conv,
+    conv3: Conv,
+    downsample: Option<Conv>,
+    /// conv3's bias, plus the downsample's when there is one (both land in the same sum).
+    out_bias: Vec<f32>,
+}
+
+/// Activation buffers kept between forward passes; they only grow.
+#[derive(Default)]
+struct Workspace {
+    x: Vec<f32>,
+    t1: Vec<f32>,
+    t2: Vec<f32>,
+    shortcut: Vec<f32>,
+    col: Vec<f32>,
+}
+
+pub struct CpuResNet50 {
+    stem: Conv,
+    blocks: Vec<Bottleneck>,
+    fc_w: Vec<f32>, // (2048, classes) row-major
+    fc_b: Vec<f32>,
+    workspace: Mutex<Workspace>,
+}
+
+impl CpuResNet50 {
+    pub fn new(w: &Weights) -> Result<Self> {
+        let stem = Conv::new(w, "conv1", "bn1", 2, 3)?;
+        let mut blocks = Vec::new();
+        for (layer, count, _, stride) in STAGES {
+            for i in 0..count {
+                let p = format!("{layer}.{i}");
+                let s = if i == 0 { stride } else { 1 };
+                let conv = |c: &str, bn: &str, stride, pad| {
+                    Conv::new(w, &format!("{p}.{c}"), &format!("{p}.{bn}"), stride, pad)
+                };
+                let conv3 = conv("conv3", "bn3", 1, 0)?;
+                let downsample = if i == 0 {
+                    Some(conv("downsample.0", "downsample.1", s, 0)?)
+                } else {
+                    None
+                };
+                let out_bias = match &downsample {
+                    Some(d) => conv3.b.iter().zip(&d.b).map(|(a, b)| a + b).collect(),
+                    None => conv3.b.clone(),
+                };
+                blocks.push(Bottleneck {
+                    conv1: conv("conv1", "bn1", 1, 0)?,
+                    // torchvision v1.5: the stride sits on the 3×3 conv.
+                    conv2: conv("conv2", "bn2", s, 1)?,
+                    conv3,
+                    downsample,
+                    out_bias,
+                });
+            }
+        }
+        let fc_w = w.tensors["fc.weight"].t()?.flatten_all()?.to_vec1()?;
+        let fc_b = w.tensors["fc.bias"].to_vec1()?;
+        Ok(Self {
+            stem,
+            blocks,
+            fc_w,
+            fc_b,
+            workspace: Mutex::default(),
+        })
+    }
+
+    /// `input`: n normalised images, NCHW (n, 3, 224, 224), flat → (n, classes) logits, flat.
+    pub fn forward(&self, input: &[f32], n: usize) -> Vec<f32> {
+        let s = INPUT_SIZE;
+        assert_eq!(input.len(), n * 3 * s * s, "input is not n × 3 × 224 × 224");
+        // A panic mid-forward leaves only scratch data behind: the buffers are still usable.
+        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        let ws = &mut *guard;
+
+        nchw_to_nhwc(input, (n, 3, s, s), grow(&mut ws.x, n * s * s * 3));
+        let mut c = self.stem.cout;
+        let (h, w) = self.stem.out_size(s, s);
+        let stem_out = grow(&mut ws.t1, n * h * w * c);
+        self.stem
+            .gemm(&ws.x, (n, s, s), &mut ws.col, stem_out, false);
+        bias_act(stem_out, &self.stem.b, true);
+        let (mut h, mut w) = max_pool_3x3s2(&ws.t1, (n, h, w, c), &mut ws.x);
+
+        for block in &self.blocks {
+            let width = block.conv1.cout;
+            let cout = block.conv3.cout;
+            block.conv1.gemm(
+                &ws.x,
+                (n, h, w),
+                &mut ws.col,
+                grow(&mut ws.t1, n * h * w * width),
+                false,
+            );
+            bias_act(&mut ws.t1[..n * h * w * width], &block.conv1.b, true);
+            let (ho, wo) = block.conv2.out_size(h, w);
+            let mo = n * ho * wo;
+            block.conv2.gemm(
+                &ws.t1,
+                (n, h, w),
+                &mut ws.col,
+                grow(&mut ws.t2, mo * width),
+                false,
+            );
+            bias_act(&mut ws.t2[..mo * width], &block.conv2.b, true);
+            // The shortcut is the GEMM destination; conv3 accumulates onto it.
+            if let Some(ds) = &block.downsample {
+                ds.gemm(
+                    &ws.x,
+                    (n, h, w),
+                    &mut ws.col,
+                    grow(&mut ws.shortcut, mo * cout),
+                    false,
+                );
+                std::mem::swap(&mut ws.x, &mut ws.shortcut);
+            } else {
+                debug_assert_eq!(c, cout);
+            }
+            block.conv3.gemm(
+                &ws.t2,
+                (n, ho, wo),
+                &mut ws.col,
+                &mut ws.x[..mo * cout],
+                true,
+            );
+            bias_act(&mut ws.x[..mo * cout], &block.out_bias, true);
+            (h, w, c) = (ho, wo, cout);
+        }
+
+        // Global average pool, then the classifier.
+        let hw = h * w;
+        let mut pooled = vec![0f32; n * c];
+        for (i, p) in pooled.chunks_exact_mut(c).enumerate() {
+            for px in ws.x[i * hw * c..(i + 1) * hw * c].chunks_exact(c) {
+                p.iter_mut().zip(px).for_each(|(a, b)| *a += b);
+            }
+            p.iter_mut().for_each(|a| *a /= hw as f32);
+        }
+        let classes = self.fc_b.len();
+        let mut logits = vec![0f32; n * classes];
+        matmul(&mut logits, &pooled, &self.fc_w, (n, c, classes), false);
+        bias_act(&mut logits, &self.fc_b, false);
+        logits
+    }
+
+    pub fn classes(&self) -> usize {
+        self.fc_b.len()
+    }
+}
+
+/// The network as a candle op, so callers holding tensors keep tensors: (n, 3, 224, 224) f32 on
+/// the CPU → (n, classes).
+impl CustomOp1 for CpuResNet50 {
+    fn name(&self) -> &'static str {
+        "cpu-resnet50"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        if (c, h, w) != (3, INPUT_SIZE, INPUT_SIZE) {
+            candle_core::bail!(
+                "cpu-resnet50 expects (n, 3, 224, 224), got {:?}",
+                layout.shape()
+            );
+        }
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("cpu-resnet50 expects f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("cpu-resnet50 expects a contiguous input");
+        };
+        let logits = self.forward(&data[start..end], n);
+        Ok((CpuStorage::F32(logits), Shape::from((n, self.classes()))))
+    }
+}
+
+impl CpuResNet50 {
+    /// Tensor in, tensor out (see the `CustomOp1` impl).
+    pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply_op1_no_bwd(self)
+    }
+}
+
+/// `v[..len]`, growing `v` when it is shorter. Contents are whatever was there: callers overwrite.
+fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// `dst (m×n) = [dst +] a (m×k) · b (k×n)`, all row-major.
+fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), acc: bool) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // SAFETY: the asserts above keep every access in bounds; strides describe dense row-major
+    // matrices; `dst` does not alias `a` or `b` (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            if acc { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// Rows handed to one rayon task in the element-wise passes: big enough to amortise the task.
+const ROWS_PER_TASK: usize = 64;
+
+/// `x[row] = act(x[row] + bias)` for every row of a (rows × bias.len()) matrix.
+fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
+    let c = bias.len();
+    x.par_chunks_mut(c * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_exact_mut(c) {
+            if relu {
+                row.iter_mut()
+                    .zip(bias)
+                    .for_each(|(v, b)| *v = (*v + b).max(0.0));
+            } else {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        }
+    });
+}
+
+fn nchw_to_nhwc(src: &[f32], (n, c, h, w): (usize, usize, usize, usize), dst: &mut [f32]) {
+    debug_assert_eq!(dst.len(), n * c * h * w);
+    dst.par_chunks_mut(w * c).enumerate().for_each(|(r, out)| {
+        let (i, y) = (r / h, r % h);
+        for (x, px) in out.chunks_exact_mut(c).enumerate() {
+            for (ch, v) in px.iter_mut().enumerate() {
+                *v = src[((i * c + ch) * h + y) * w + x];
+            }
+        }
+    });
+}
+
+/// NHWC im2col: row (i, oy, ox) holds the k×k input patch as (ky, kx, c), zeros where the patch
+/// hangs over the border. For a given ky the in-bounds kx run is one contiguous slice of input.
+fn im2col(
+    src: &[f32],
+    (n, h, w, c): (usize, usize, usize, usize),
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dst: &mut [f32],
+) {
+    let ho = (h + 2 * pad - k) / stride + 1;
+    let wo = (w + 2 * pad - k) / stride + 1;
+    let row = k * k * c;
+    debug_assert_eq!(dst.len(), n * ho * wo * row);
+    dst.par_chunks_mut(wo * row)
+        .enumerate()
+        .for_each(|(r, out)| {
+            let (i, oy) = (r / ho, r % ho);
+            for ox in 0..wo {
+                let patch = &mut out[ox * row..(ox + 1) * row];
+                // kx range whose input column is inside [0, w).
+                let x0 = (ox * stride) as isize - pad as isize;
+                let kx_lo = (-x0).max(0) as usize;
+                let kx_hi = ((w as isize - x0).min(k as isize)).max(0) as usize;
+                for ky in 0..k {
+                    let seg = &mut patch[ky * k * c..(ky + 1) * k * c];
+                    let iy = (oy * stride + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize || kx_lo >= kx_hi {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    seg[..kx_lo * c].fill(0.0);
+                    seg[kx_hi * c..].fill(0.0);
+                    let ix = (x0 + kx_lo as isize) as usize;
+                    let at = ((i * h + iy as usize) * w + ix) * c;
+                    seg[kx_lo * c..kx_hi * c].copy_from_slice(&src[at..at + (kx_hi - kx_lo) * c]);
+                }
+            }
+        });
+}
+
+/// 3×3 stride-2 max-pool with padding 1 (padding never wins: out-of-range taps are skipped).
+/// Returns the output (h, w).
+fn max_pool_3x3s2(
+    src: &[f32],
+    (n, h, w, c): (usize, usize, usize, usize),
+    dst: &mut Vec<f32>,
+) -> (usize, usize) {
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    grow(dst, n * ho * wo * c)
+        .par_chunks_mut(wo * c)
+        .enumerate()
+        .for_each(|(r, out)| {
+            let (i, oy) = (r / ho, r % ho);
+            for ox in 0..wo {
+                let o = &mut out[ox * c..(ox + 1) * c];
+                o.fill(f32::NEG_INFINITY);
+                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                        let at = ((i * h + iy) * w + ix) * c;
+                        o.iter_mut()
+                            .zip(&src[at..at + c])
+                            .for_each(|(a, b)| *a = a.max(*b));
+                    }
+                }
+            }
+        });
+    (ho, wo)
+}
