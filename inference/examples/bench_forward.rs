@@ -45,6 +45,8 @@ struct Args {
     device: String,
 }
 
+type Forward = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
 fn device(name: &str) -> Result<Device> {
     Ok(match name {
         "cpu" => Device::Cpu,
@@ -126,7 +128,7 @@ fn main() -> Result<()> {
         .unwrap_or(1);
 
     for backend in &args.backends {
-        let f: Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>> = match backend.as_str() {
+        let f: Box<Forward> = match backend.as_str() {
             // What the server runs on this device (cpu_model's NHWC network on the CPU).
             "ours" => match Model::new(&w, &dev)? {
                 Model::Cpu(m) => Box::new(move |x| m.forward_tensor(x)),

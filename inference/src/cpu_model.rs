@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::model::{INPUT_SIZE, folded_conv};
 use crate::weights::{STAGES, Weights};
+use crate::winograd::{SendPtr, Winograd3x3};
 
 /// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) row-major matrix.
 struct Conv {
@@ -31,6 +32,8 @@ struct Conv {
     cout: usize,
     w: Vec<f32>,
     b: Vec<f32>,
+    /// Set for 3×3 stride-1 convolutions: they run as Winograd F(2×2, 3×3).
+    winograd: Option<Winograd3x3>,
 }
 
 impl Conv {
@@ -40,6 +43,8 @@ impl Conv {
         // (cout, cin, kh, kw) → (kh, kw, cin, cout): the im2col row order below.
         let w = weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
         let b = bias.flatten_all()?.to_vec1()?;
+        let winograd = (k == 3 && stride == 1 && pad == 1 && winograd_enabled())
+            .then(|| Winograd3x3::new(&w, cin, cout));
         Ok(Self {
             k,
             stride,
@@ -48,7 +53,34 @@ impl Conv {
             cout,
             w,
             b,
+            winograd,
         })
+    }
+
+    /// `dst = act(conv(src) + bias)`. Returns the output (h, w).
+    fn forward(
+        &self,
+        src: &[f32],
+        (n, h, w): (usize, usize, usize),
+        ws: &mut Scratch,
+        dst: &mut [f32],
+        relu: bool,
+    ) -> (usize, usize) {
+        if let Some(wg) = &self.winograd {
+            wg.forward(
+                src,
+                (n, h, w),
+                &mut ws.col,
+                &mut ws.wino,
+                dst,
+                &self.b,
+                relu,
+            );
+            return (h, w);
+        }
+        let (ho, wo) = self.gemm(src, (n, h, w), &mut ws.col, dst, false);
+        bias_act(&mut dst[..n * ho * wo * self.cout], &self.b, relu);
+        (ho, wo)
     }
 
     fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
@@ -105,7 +137,20 @@ struct Workspace {
     t1: Vec<f32>,
     t2: Vec<f32>,
     shortcut: Vec<f32>,
+    scratch: Scratch,
+}
+
+/// A convolution's temporary matrices: im2col, or Winograd's transformed input and products.
+#[derive(Default)]
+struct Scratch {
     col: Vec<f32>,
+    wino: Vec<f32>,
+}
+
+/// `INFERENCE_WINOGRAD=0` turns Winograd off (3×3 convolutions then run as im2col + GEMM), to
+/// measure what it brings.
+fn winograd_enabled() -> bool {
+    std::env::var("INFERENCE_WINOGRAD").map_or(true, |v| v != "0")
 }
 
 pub struct CpuResNet50 {
@@ -160,6 +205,13 @@ impl CpuResNet50 {
 
     /// `input`: n normalised images, NCHW (n, 3, 224, 224), flat → (n, classes) logits, flat.
     pub fn forward(&self, input: &[f32], n: usize) -> Vec<f32> {
+        // Run the whole pass on a pool thread: the ~200 parallel steps inside then fork from a
+        // worker (cheap) instead of each being injected from outside and waited for (a wake-up
+        // round trip per step).
+        rayon::scope(|_| self.forward_on_pool(input, n))
+    }
+
+    fn forward_on_pool(&self, input: &[f32], n: usize) -> Vec<f32> {
         let s = INPUT_SIZE;
         assert_eq!(input.len(), n * 3 * s * s, "input is not n × 3 × 224 × 224");
         // A panic mid-forward leaves only scratch data behind: the buffers are still usable.
@@ -171,52 +223,35 @@ impl CpuResNet50 {
         let (h, w) = self.stem.out_size(s, s);
         let stem_out = grow(&mut ws.t1, n * h * w * c);
         self.stem
-            .gemm(&ws.x, (n, s, s), &mut ws.col, stem_out, false);
-        bias_act(stem_out, &self.stem.b, true);
+            .forward(&ws.x, (n, s, s), &mut ws.scratch, stem_out, true);
         let (mut h, mut w) = max_pool_3x3s2(&ws.t1, (n, h, w, c), &mut ws.x);
 
         for block in &self.blocks {
             let width = block.conv1.cout;
             let cout = block.conv3.cout;
-            block.conv1.gemm(
-                &ws.x,
-                (n, h, w),
-                &mut ws.col,
-                grow(&mut ws.t1, n * h * w * width),
-                false,
-            );
-            bias_act(&mut ws.t1[..n * h * w * width], &block.conv1.b, true);
+            let t1 = grow(&mut ws.t1, n * h * w * width);
+            block
+                .conv1
+                .forward(&ws.x, (n, h, w), &mut ws.scratch, t1, true);
             let (ho, wo) = block.conv2.out_size(h, w);
             let mo = n * ho * wo;
-            block.conv2.gemm(
-                &ws.t1,
-                (n, h, w),
-                &mut ws.col,
-                grow(&mut ws.t2, mo * width),
-                false,
-            );
-            bias_act(&mut ws.t2[..mo * width], &block.conv2.b, true);
+            let t2 = grow(&mut ws.t2, mo * width);
+            block
+                .conv2
+                .forward(&ws.t1, (n, h, w), &mut ws.scratch, t2, true);
             // The shortcut is the GEMM destination; conv3 accumulates onto it.
             if let Some(ds) = &block.downsample {
-                ds.gemm(
-                    &ws.x,
-                    (n, h, w),
-                    &mut ws.col,
-                    grow(&mut ws.shortcut, mo * cout),
-                    false,
-                );
+                let shortcut = grow(&mut ws.shortcut, mo * cout);
+                ds.gemm(&ws.x, (n, h, w), &mut ws.scratch.col, shortcut, false);
                 std::mem::swap(&mut ws.x, &mut ws.shortcut);
             } else {
                 debug_assert_eq!(c, cout);
             }
-            block.conv3.gemm(
-                &ws.t2,
-                (n, ho, wo),
-                &mut ws.col,
-                &mut ws.x[..mo * cout],
-                true,
-            );
-            bias_act(&mut ws.x[..mo * cout], &block.out_bias, true);
+            let out = &mut ws.x[..mo * cout];
+            block
+                .conv3
+                .gemm(&ws.t2, (n, ho, wo), &mut ws.scratch.col, out, true);
+            bias_act(out, &block.out_bias, true);
             (h, w, c) = (ho, wo, cout);
         }
 
@@ -282,50 +317,79 @@ fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        t => Parallelism::Rayon(t),
-    }
-}
-
 /// `dst (m×n) = [dst +] a (m×k) · b (k×n)`, all row-major.
+///
+/// The output is cut into one block per pool thread (rows when there are many, else columns) and
+/// each block is one single-threaded GEMM: fewer synchronisations than the crate's own split.
 fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), acc: bool) {
     assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: the asserts above keep every access in bounds; strides describe dense row-major
-    // matrices; `dst` does not alias `a` or `b` (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            if acc { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
+    let (d, a, b) = (
+        SendPtr(dst.as_mut_ptr()),
+        SendPtr(a.as_ptr() as *mut f32),
+        SendPtr(b.as_ptr() as *mut f32),
+    );
+    let blocks = output_blocks(m, n, rayon::current_num_threads());
+    blocks.par_iter().for_each(|&(r0, rows, c0, cols)| {
+        let (d, a, b) = (&d, &a, &b);
+        // SAFETY: the assert above keeps every access in bounds; strides describe dense
+        // row-major matrices; `dst` does not alias `a` or `b` (distinct borrows); the blocks are
+        // disjoint, so no two tasks write the same element.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                d.0.add(r0 * n + c0),
+                1,
+                n as isize,
+                acc,
+                a.0.add(r0 * k),
+                1,
+                k as isize,
+                b.0.add(c0),
+                1,
+                n as isize,
+                if acc { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    });
+}
+
+/// (first row, rows, first column, columns) of each thread's share of an m × n output.
+fn output_blocks(m: usize, n: usize, parts: usize) -> Vec<(usize, usize, usize, usize)> {
+    // Multiples of 16 rows or columns keep the blocks aligned with the micro-kernel's tiles.
+    const ALIGN: usize = 16;
+    if parts <= 1 || m * n < 64 * 64 {
+        vec![(0, m, 0, n)]
+    } else if m >= 4 * ALIGN * parts {
+        let step = m.div_ceil(parts).next_multiple_of(ALIGN);
+        (0..m)
+            .step_by(step)
+            .map(|r| (r, step.min(m - r), 0, n))
+            .collect()
+    } else {
+        let step = n.div_ceil(parts).next_multiple_of(ALIGN);
+        (0..n)
+            .step_by(step)
+            .map(|c| (0, m, c, step.min(n - c)))
+            .collect()
     }
 }
 
-/// Rows handed to one rayon task in the element-wise passes: big enough to amortise the task.
-const ROWS_PER_TASK: usize = 64;
+/// Values handed to one rayon task in the element-wise passes: smaller passes are not worth
+/// splitting.
+const VALUES_PER_TASK: usize = 1 << 15;
 
 /// `x[row] = act(x[row] + bias)` for every row of a (rows × bias.len()) matrix.
 fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
     let c = bias.len();
-    x.par_chunks_mut(c * ROWS_PER_TASK).for_each(|rows| {
+    let rows_per_task = VALUES_PER_TASK.div_ceil(c);
+    x.par_chunks_mut(c * rows_per_task).for_each(|rows| {
         for row in rows.chunks_exact_mut(c) {
             if relu {
                 row.iter_mut()
@@ -418,4 +482,76 @@ fn max_pool_3x3s2(
             }
         });
     (ho, wo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_blocks_cover_the_output_exactly_once() {
+        for (m, n, parts) in [
+            (1, 1000, 2),
+            (49, 2048, 2),
+            (3136, 64, 2),
+            (25088, 64, 3),
+            (196, 256, 4),
+            (10, 10, 2),
+        ] {
+            let mut seen = vec![0u8; m * n];
+            for (r0, rows, c0, cols) in output_blocks(m, n, parts) {
+                for r in r0..r0 + rows {
+                    for c in c0..c0 + cols {
+                        seen[r * n + c] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{m}x{n} over {parts}");
+        }
+    }
+
+    #[test]
+    fn im2col_and_max_pool_match_their_definitions() {
+        let (n, h, w, c) = (2, 5, 4, 3);
+        let src: Vec<f32> = (0..n * h * w * c).map(|v| v as f32).collect();
+        let at = |i: usize, y: isize, x: isize, ch: usize| {
+            if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                None
+            } else {
+                Some(src[((i * h + y as usize) * w + x as usize) * c + ch])
+            }
+        };
+        // 3×3, stride 2, padding 1.
+        let (ho, wo) = (3, 2);
+        let mut col = vec![f32::NAN; n * ho * wo * 9 * c];
+        im2col(&src, (n, h, w, c), 3, 2, 1, &mut col);
+        let mut pooled = Vec::new();
+        assert_eq!(max_pool_3x3s2(&src, (n, h, w, c), &mut pooled), (ho, wo));
+        for i in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let row = (i * ho + oy) * wo + ox;
+                    for ch in 0..c {
+                        let mut max = f32::NEG_INFINITY;
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let v = at(
+                                    i,
+                                    (2 * oy + ky) as isize - 1,
+                                    (2 * ox + kx) as isize - 1,
+                                    ch,
+                                );
+                                assert_eq!(
+                                    col[row * 9 * c + (ky * 3 + kx) * c + ch],
+                                    v.unwrap_or(0.0)
+                                );
+                                max = max.max(v.unwrap_or(f32::NEG_INFINITY));
+                            }
+                        }
+                        assert_eq!(pooled[row * c + ch], max);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -13,3 +13,4 @@ pub mod server;
 pub mod state;
 pub mod v2;
 pub mod weights;
+pub mod winograd;

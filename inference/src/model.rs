@@ -157,14 +157,14 @@ pub fn stock(w: &Weights, device: &Device) -> Result<candle_nn::Func<'static>> {
 
 /// What the server runs: the NHWC network (`cpu_model`) on the CPU, the candle network on a GPU.
 pub enum Model {
-    Cpu(CpuResNet50),
+    Cpu(Box<CpuResNet50>),
     Candle { net: ResNet50, device: Device },
 }
 
 impl Model {
     pub fn new(w: &Weights, device: &Device) -> Result<Self> {
         Ok(match device {
-            Device::Cpu => Self::Cpu(CpuResNet50::new(w)?),
+            Device::Cpu => Self::Cpu(Box::new(CpuResNet50::new(w)?)),
             _ => Self::Candle {
                 net: ResNet50::new(w)?,
                 device: device.clone(),

@@ -80,7 +80,7 @@ phase "prerequisites (wrk, .venv, cargo build, weights)" deps
 # --- 1. forward pass ---------------------------------------------------------------------------
 forward_candle() {
   "$TARGET/release/examples/bench_forward" --weights "$WEIGHTS" --threads "$THREADS" \
-    --batches "$BATCHES" --warmup "$WARMUP" --runs "$RUNS" --backends ours,candle-stock \
+    --batches "$BATCHES" --warmup "$WARMUP" --runs "$RUNS" --backends ours,candle-folded,candle-stock \
     | tee -a "$OUT/forward.jsonl"
 }
 export_onnx() {
