@@ -339,9 +339,11 @@ pub async fn predict(
     let result = async {
         let engine = engine(&state)?;
         let k = parse_top_k(req.query_string())?;
+        // Refuse before reading and decoding the image when the queue is full.
+        let permit = engine.admit()?;
         let bytes = image_bytes(&req, payload, state.args.max_body_bytes).await?;
         let input = preprocess_all(&state, vec![bytes]).await?;
-        let out = engine.infer(input, 1).await?;
+        let out = engine.infer_admitted(permit, input, 1).await?;
         Ok(json!({
             "predictions": top_k(&out.logits, k),
             "latency_seconds": (scope.elapsed() * 1e4).round() / 1e4,
@@ -378,6 +380,9 @@ pub async fn version(state: web::Data<AppState>) -> HttpResponse {
         "model_version": state.args.model_version,
         "device": state.device_name(),
         "cuda_build": cfg!(feature = "cuda"),
+        "implementation": weights.map(|w| w.implementation),
+        "max_batch_size": state.args.max_batch_size,
+        "max_queue": state.args.max_queue,
         "weights": weights.map(|w| json!({
             "path": state.args.model_path,
             "fingerprint": w.fingerprint,

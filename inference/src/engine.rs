@@ -5,6 +5,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -48,14 +49,31 @@ pub struct Output {
 }
 
 struct Job {
+    /// Released when the model thread takes the job off the queue.
+    permit: Option<Permit>,
     input: Vec<f32>,
     n: usize,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Output, EngineError>>,
 }
 
+/// A place in the queue, taken before the request body is read and decoded: a full server
+/// refuses new work before spending CPU on it, so overload does not slow the admitted requests.
+/// Released when the model thread takes the job (or when the request fails before that).
+pub struct Permit {
+    pending: Arc<AtomicUsize>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub struct Engine {
     tx: SyncSender<Job>,
+    /// Requests admitted and not yet taken by the model thread (≤ `max_queue`).
+    pending: Arc<AtomicUsize>,
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
     classes: usize,
@@ -72,10 +90,28 @@ impl Engine {
             .expect("spawn the model thread");
         Self {
             tx,
+            pending: Arc::default(),
             cfg,
             metrics,
             classes,
         }
+    }
+
+    /// Takes a place in the queue, or refuses at once when `max_queue` requests are waiting.
+    pub fn admit(&self) -> Result<Permit, EngineError> {
+        let max = self.cfg.max_queue;
+        let taken = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p < max).then_some(p + 1)
+            });
+        if taken.is_err() {
+            self.metrics.rejected.inc();
+            return Err(EngineError::QueueFull(max));
+        }
+        Ok(Permit {
+            pending: self.pending.clone(),
+        })
     }
 
     pub fn classes(&self) -> usize {
@@ -88,9 +124,21 @@ impl Engine {
 
     /// Queues `n` preprocessed images (flat, n × 3 × 224 × 224) and waits for their logits.
     pub async fn infer(&self, input: Vec<f32>, n: usize) -> Result<Output, EngineError> {
+        let permit = self.admit()?;
+        self.infer_admitted(permit, input, n).await
+    }
+
+    /// [`Engine::infer`] for a request that already holds its place (see [`Engine::admit`]).
+    pub async fn infer_admitted(
+        &self,
+        permit: Permit,
+        input: Vec<f32>,
+        n: usize,
+    ) -> Result<Output, EngineError> {
         debug_assert_eq!(input.len(), n * INPUT_LEN);
         let (reply, rx) = oneshot::channel();
         let job = Job {
+            permit: Some(permit),
             input,
             n,
             enqueued: Instant::now(),
@@ -115,8 +163,9 @@ fn run(model: Box<dyn BatchModel>, rx: Receiver<Job>, cfg: EngineConfig, metrics
         let first = match carry.take() {
             Some(job) => job,
             None => match rx.recv() {
-                Ok(job) => {
+                Ok(mut job) => {
                     metrics.queue_depth.dec();
+                    job.permit = None;
                     job
                 }
                 Err(_) => return, // every sender dropped: the server is gone
@@ -125,8 +174,9 @@ fn run(model: Box<dyn BatchModel>, rx: Receiver<Job>, cfg: EngineConfig, metrics
         let mut jobs = Vec::new();
         let mut images = 0;
         for job in std::iter::once(first).chain(std::iter::from_fn(|| match rx.try_recv() {
-            Ok(job) => {
+            Ok(mut job) => {
                 metrics.queue_depth.dec();
+                job.permit = None;
                 Some(job)
             }
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
@@ -302,5 +352,30 @@ mod tests {
             refused >= 3,
             "only {refused} of 6 refused with one running and one queued"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_is_bounded_and_places_come_back() {
+        let model = Recorder {
+            batches: Default::default(),
+            delay: Duration::from_millis(10),
+        };
+        let cfg = EngineConfig {
+            max_batch: 1,
+            max_queue: 2,
+            queue_timeout: Duration::from_secs(10),
+        };
+        let engine = Engine::start(Box::new(model), cfg, Arc::new(Metrics::new()));
+        let a = engine.admit().unwrap();
+        let b = engine.admit().unwrap();
+        // Two requests still reading their bodies fill the queue: the third is refused at once.
+        assert!(matches!(engine.admit(), Err(EngineError::QueueFull(2))));
+        drop(a); // that request failed (say, a bad image): its place is free again
+        let c = engine.admit().unwrap();
+        // Taken by the model thread, a job gives its place back before it is answered.
+        engine.infer_admitted(b, image(1.0), 1).await.unwrap();
+        engine.infer_admitted(c, image(2.0), 1).await.unwrap();
+        let _d = engine.admit().unwrap();
+        let _e = engine.admit().unwrap();
     }
 }

@@ -75,6 +75,7 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
     let _ = state.weights_info.set(WeightsInfo {
         fingerprint: w.sha256_prefix,
         random_seed: w.random_seed,
+        implementation: model.implementation(),
     });
     let cfg = EngineConfig {
         max_batch: args.max_batch_size as usize,

@@ -11,6 +11,8 @@ use crate::preprocess::DecodeLimits;
 pub struct WeightsInfo {
     pub fingerprint: String,
     pub random_seed: Option<String>,
+    /// Which forward pass runs (`Model::implementation`).
+    pub implementation: &'static str,
 }
 
 pub struct AppState {

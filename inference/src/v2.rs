@@ -286,6 +286,8 @@ pub async fn infer(
     let result = async {
         let engine = api::engine(&state)?;
         api::check_content_length(&req, state.args.max_body_bytes)?;
+        // Refuse before reading and decoding when the queue is full.
+        let permit = engine.admit()?;
         let body = api::read_limited(payload, state.args.max_body_bytes).await?;
         let request: InferRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("bad_json", format!("invalid inference request: {e}")))?;
@@ -311,7 +313,7 @@ pub async fn infer(
                 ));
             }
         };
-        let out = engine.infer(batch, n).await?;
+        let out = engine.infer_admitted(permit, batch, n).await?;
         let classes = engine.classes();
         let output = match k {
             None => json!({ "name": OUTPUT_NAME, "datatype": "FP32", "shape": [n, classes], "data": out.logits }),

@@ -209,6 +209,9 @@ fn health_ready_version_and_metrics() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["weights"]["random"], true);
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    // On a CPU the server runs the optimised network, not the candle reference.
+    assert_eq!(v["implementation"], "cpu-nhwc");
+    assert!(v["max_queue"].as_u64().unwrap() >= 1);
     assert!(
         s.logs().iter().any(|l| l.contains("RANDOM weights")),
         "no warning about random weights"

@@ -2,22 +2,24 @@
 """Merge benchmark JSON lines into side-by-side tables.
 
 Reads JSON lines (files, or stdin with `-`) written by
-  inference/examples/bench_forward.rs   (backends "ours", "candle-stock")
+  inference/examples/bench_forward.rs   (backends "ours", "candle-folded", "candle-stock")
   tools/bench/torch_forward.py          (backends "torch", "onnxruntime")
   tools/bench/http_bench.py             ("kind": "http", servers "ours", "seed")
-and prints a forward-pass table with ratios vs PyTorch eager and vs ONNX Runtime, and an HTTP
-table with ours/seed ratios. Lines that are not JSON objects are ignored.
+  tools/bench/overload.py               ("kind": "overload")
+and prints a forward-pass table with ratios vs PyTorch eager and vs ONNX Runtime, an HTTP
+table with ours/seed ratios, and the overload run. Lines that are not JSON objects are ignored.
 
-Usage: python tools/bench/report.py forward.jsonl http.jsonl
+Usage: python tools/bench/report.py forward.jsonl http.jsonl [overload.jsonl]
 """
 from __future__ import annotations
 
 import json
 import sys
 
-FWD_ORDER = ["ours", "candle-stock", "torch", "onnxruntime"]
-FWD_LABEL = {"ours": "ours (candle, BN folded)", "candle-stock": "candle-transformers stock",
-             "torch": "PyTorch eager", "onnxruntime": "ONNX Runtime"}
+FWD_ORDER = ["ours", "candle-folded", "candle-stock", "torch", "onnxruntime"]
+FWD_LABEL = {"ours": "ours (NHWC, Winograd)", "candle-folded": "candle, BN folded",
+             "candle-stock": "candle-transformers stock", "torch": "PyTorch eager",
+             "onnxruntime": "ONNX Runtime"}
 
 
 def read(paths: list[str]) -> list[dict]:
@@ -105,11 +107,31 @@ def http_table(rows: list[dict]) -> None:
     print()
 
 
+def overload_table(rows: list[dict]) -> None:
+    for r in rows:
+        print(f"Overload: {r['image']} offered open loop at {r['offered_rate']:.1f} req/s = "
+              f"{r['offered_rate'] / r['sustainable_rate']:.1f}x the sustainable "
+              f"{r['sustainable_rate']:.1f} img/s (measured just before, oha -c 8), "
+              f"{r['duration_s']:g}s, {r['config']}")
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["status_codes"].items()))
+        print(f"  responses: {codes} (+{r['cut_off_at_end']} still in flight when the run ended)")
+        print(f"  served {r['served_rate']:.1f} img/s while overloaded; refusals probed with "
+              f"Retry-After: {r['rejected_with_retry_after']}/{r['probe_rejected']}")
+        print(f"  admitted (200): p50 {r['admitted_p50_ms']:.0f} ms, p99 {r['admitted_p99_ms']:.0f} ms, "
+              f"max {r['admitted_max_ms']:.0f} ms (bound: MAX_QUEUE {r['max_queue']} / rate = "
+              f"{r['queue_bound_ms']:.0f} ms + a batch)")
+        print(f"  refused (503): p50 {r['rejected_p50_ms']:.1f} ms, p99 {r['rejected_p99_ms']:.1f} ms")
+        print(f"  server RSS: {r['rss_start_mib']:.0f} MiB after warm-up, max {r['rss_max_mib']:.0f} MiB, "
+              f"{r['rss_end_mib']:.0f} MiB at the end; alive afterwards: {r['alive_after']}")
+        print()
+
+
 def main() -> None:
     paths = sys.argv[1:] or ["-"]
     rows = read(paths)
-    forward_table([r for r in rows if r.get("kind") != "http" and "backend" in r])
+    forward_table([r for r in rows if r.get("kind") not in ("http", "overload") and "backend" in r])
     http_table([r for r in rows if r.get("kind") == "http"])
+    overload_table([r for r in rows if r.get("kind") == "overload"])
     if not rows:
         raise SystemExit("no benchmark results found in " + ", ".join(paths))
 

@@ -4,14 +4,17 @@
 #      candle-transformers' stock resnet50, PyTorch eager, ONNX Runtime — same weights, same
 #      thread count;
 #   2. HTTP POST /predict with real JPEGs (img/s, p50/p95/p99 at concurrency 1/4/8/16): our
-#      server vs the seed's Flask + gunicorn + torch app (tools/seed_app), with wrk, on 127.0.0.1.
-# Results: $BENCH_OUT (default .state/bench/<time>/): forward.jsonl, http.jsonl, report.txt, logs.
+#      server vs the seed's Flask + gunicorn + torch app (tools/seed_app), with wrk, on 127.0.0.1;
+#   3. overload: our server offered 2x the rate it sustains, open loop, with oha (responses by
+#      status, admitted vs rejected latency, Retry-After, RSS over the run).
+# Results: $BENCH_OUT (default .state/bench/<time>/): forward.jsonl, http.jsonl, overload.jsonl,
+# report.txt, logs.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1        smoke run: 1 warm-up, 3 runs per batch, 5 s per HTTP run (~3-4 min)
 #                        (default, a real run: 3 warm-up + 20 runs, 30 s per HTTP run; ~10-15 min
 #                        on 2 cores)
-#   BENCH_PARTS          forward,http (default both)
+#   BENCH_PARTS          forward,http,overload (default all three)
 #   BENCH_THREADS        threads for every backend/server (default: nproc)
 #   BENCH_BATCHES        1,4,8          BENCH_CONCURRENCY   1,4,8,16
 #   BENCH_WARMUP, BENCH_RUNS, BENCH_HTTP_DURATION (s), BENCH_HTTP_WARMUP (rounds over the images)
@@ -32,7 +35,7 @@ HTTP_WARMUP=${BENCH_HTTP_WARMUP:-$d_http_warmup}
 THREADS=${BENCH_THREADS:-$(nproc)}
 BATCHES=${BENCH_BATCHES:-1,4,8}
 CONCURRENCY=${BENCH_CONCURRENCY:-1,4,8,16}
-PARTS=${BENCH_PARTS:-forward,http}
+PARTS=${BENCH_PARTS:-forward,http,overload}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${BENCH_OUT:-.state/bench/$(date +%Y%m%d-%H%M%S)}
 PY=.venv/bin/python
@@ -52,12 +55,17 @@ has_part() { [[ ,$PARTS, == *,$1,* ]]; }
 mkdir -p "$OUT"
 : > "$OUT/forward.jsonl"
 : > "$OUT/http.jsonl"
+: > "$OUT/overload.jsonl"
 
 # --- prerequisites ---------------------------------------------------------------------------
 deps() {
   if has_part http && ! command -v wrk >/dev/null; then
     echo "installing wrk (apt)" >&2
     apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+  fi
+  if has_part overload && ! command -v oha >/dev/null && [[ ! -x $HOME/.cargo/bin/oha ]]; then
+    echo "installing oha (cargo install, a few minutes once)" >&2
+    cargo install -q --locked oha
   fi
   if [[ ! -x $PY ]]; then python3 -m venv .venv; fi
   if ! $PY -c 'import torch, torchvision, onnx, onnxruntime, flask, gunicorn, prometheus_client, safetensors' 2>/dev/null; then
@@ -108,6 +116,17 @@ if has_part http; then
   phase "http: ours vs seed (wrk)" http
 fi
 
+# --- 3. overload ----------------------------------------------------------------------------------
+overload() {
+  $PY tools/bench/overload.py --server-bin "$TARGET/release/inference-server" \
+    --weights "$WEIGHTS" --threads "$THREADS" --duration "$HTTP_DURATION" \
+    --sustain "$(( HTTP_DURATION < 10 ? HTTP_DURATION : 10 ))" --logs "$OUT" \
+    inference/tests/fixtures/images/cat.jpg | tee -a "$OUT/overload.jsonl"
+}
+if has_part overload; then
+  phase "overload: ours at 2x its sustainable rate (oha)" overload
+fi
+
 # --- report -------------------------------------------------------------------------------------
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/host.txt" >&2
 echo
@@ -115,6 +134,6 @@ echo
   cat "$OUT/host.txt"
   [[ $QUICK == 1 ]] && echo "BENCH_QUICK=1: a smoke run, too few iterations to be a measurement"
   echo
-  $PY tools/bench/report.py "$OUT/forward.jsonl" "$OUT/http.jsonl"
+  $PY tools/bench/report.py "$OUT/forward.jsonl" "$OUT/http.jsonl" "$OUT/overload.jsonl"
 } | tee "$OUT/report.txt"
 echo "(total $(( $(date +%s) - start ))s; results in $OUT)"
