@@ -21,6 +21,17 @@ pub struct Winograd3x3 {
     cout: usize,
     /// P matrices of (cin × cout), row-major.
     u: Vec<f32>,
+    /// Forces a schedule (tests); `None` picks one per call.
+    schedule: Option<Schedule>,
+}
+
+/// How one call is split over threads (see [`Winograd3x3::forward`]).
+#[derive(Clone, Copy, Debug)]
+enum Schedule {
+    /// Tiles cut into this many blocks; each thread takes whole blocks.
+    Blocks(usize),
+    /// One block of every tile; the threads split each step.
+    Whole,
 }
 
 impl Winograd3x3 {
@@ -47,11 +58,23 @@ impl Winograd3x3 {
                 }
             }
         }
-        Self { cin, cout, u }
+        Self {
+            cin,
+            cout,
+            u,
+            schedule: None,
+        }
     }
 
     /// `dst = act(conv3x3(src) + bias)`, stride 1, padding 1; `src` is (n, h, w, cin), `dst`
     /// (n, h, w, cout). `v` and `m` are scratch kept by the caller.
+    ///
+    /// Two schedules. With many tiles and few channels (ResNet50's first two stages), the tiles
+    /// are cut into blocks whose V and M stay in cache, and each thread takes whole blocks
+    /// (transform, 16 GEMMs, transform back) with its own scratch: at batch 8 the unblocked V and
+    /// M of the 56×56 stage are 25 MB each and the passes over them were memory-bound. Otherwise
+    /// (few tiles, or large filters that each block would have to stream again) one block holds
+    /// every tile and the threads split each step.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -64,47 +87,91 @@ impl Winograd3x3 {
         relu: bool,
     ) {
         let (cin, cout) = (self.cin, self.cout);
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-        let tiles = n * th * tw;
+        let geo = Geometry {
+            h,
+            w,
+            th: h.div_ceil(2),
+            tw: w.div_ceil(2),
+            cin,
+            cout,
+        };
+        let tiles = n * geo.th * geo.tw;
+        assert!(src.len() >= n * h * w * cin && dst.len() >= n * h * w * cout);
+        assert_eq!(bias.len(), cout);
+        let out = SendPtr(dst.as_mut_ptr());
+        let threads = rayon::current_num_threads();
+        let blocks = tiles.div_ceil(self.block_tiles());
+        let blocked = threads > 1 && cin <= BLOCKED_MAX_CIN && blocks >= threads;
+        let schedule = self.schedule.unwrap_or(if blocked {
+            Schedule::Blocks(blocks.next_multiple_of(threads))
+        } else {
+            Schedule::Whole
+        });
+
+        if let Schedule::Blocks(blocks) = schedule {
+            let per = tiles.div_ceil(blocks);
+            (0..blocks).into_par_iter().for_each(|b| {
+                let range = b * per..((b + 1) * per).min(tiles);
+                if range.is_empty() {
+                    return;
+                }
+                let count = range.len();
+                BLOCK_SCRATCH.with(|scratch| {
+                    let (v, m) = &mut *scratch.borrow_mut();
+                    grow(v, count * P * cin);
+                    grow(m, count * P * cout);
+                    input_tiles(src, &geo, range.clone(), &mut v[..count * P * cin]);
+                    self.gemms(
+                        &v[..count * P * cin],
+                        &mut m[..count * P * cout],
+                        count,
+                        false,
+                    );
+                    output_tiles(&m[..count * P * cout], &geo, range, &out, bias, relu);
+                });
+            });
+            return;
+        }
+
         grow(v, tiles * P * cin);
         grow(m, tiles * P * cout);
         let v = &mut v[..tiles * P * cin];
         let m = &mut m[..tiles * P * cout];
-        assert!(src.len() >= n * h * w * cin && dst.len() >= n * h * w * cout);
-
-        // Input transform Bᵀ d B, one tile row per task.
-        let zeros = vec![0f32; cin];
-        v.par_chunks_mut(tw * P * cin)
+        v.par_chunks_mut(TASK_TILES * P * cin)
             .enumerate()
-            .for_each(|(r, row)| {
-                let (i, ty) = (r / th, r % th);
-                for tx in 0..tw {
-                    let d: [&[f32]; P] = std::array::from_fn(|k| {
-                        let y = (2 * ty + k / 4) as isize - 1;
-                        let x = (2 * tx + k % 4) as isize - 1;
-                        if y < 0 || y >= h as isize || x < 0 || x >= w as isize {
-                            &zeros[..]
-                        } else {
-                            let at = ((i * h + y as usize) * w + x as usize) * cin;
-                            &src[at..at + cin]
-                        }
-                    });
-                    input_tile(&d, &mut row[tx * P * cin..(tx + 1) * P * cin], cin);
-                }
+            .for_each(|(c, vb)| {
+                let t0 = c * TASK_TILES;
+                input_tiles(src, &geo, t0..t0 + vb.len() / (P * cin), vb);
             });
+        self.gemms(v, m, tiles, true);
+        m.par_chunks(TASK_TILES * P * cout)
+            .enumerate()
+            .for_each(|(c, mb)| {
+                let t0 = c * TASK_TILES;
+                output_tiles(mb, &geo, t0..t0 + mb.len() / (P * cout), &out, bias, relu);
+            });
+    }
 
-        // The P GEMMs: M[:, p, :] = V[:, p, :] · U[p]. Each is single-threaded; they run side by
-        // side, which keeps both cores busy even when `tiles` is small.
+    /// Tiles per block so that a block's V and M take about `BLOCK_BYTES`.
+    fn block_tiles(&self) -> usize {
+        (BLOCK_BYTES / (P * (self.cin + self.cout) * 4)).max(MIN_BLOCK_TILES)
+    }
+
+    /// The P GEMMs `M[:, p, :] = V[:, p, :] · U[p]` over `tiles` tiles, each single-threaded;
+    /// with `parallel` they run side by side (both cores busy even when `tiles` is small).
+    fn gemms(&self, v: &[f32], m: &mut [f32], tiles: usize, parallel: bool) {
+        let (cin, cout) = (self.cin, self.cout);
+        assert!(v.len() >= tiles * P * cin && m.len() >= tiles * P * cout);
         let (vp, mp, up) = (
             SendPtr(v.as_ptr() as *mut f32),
             SendPtr(m.as_mut_ptr()),
             SendPtr(self.u.as_ptr() as *mut f32),
         );
-        (0..P).into_par_iter().for_each(|p| {
+        let one = |p: usize| {
             let (vp, mp, up) = (&vp, &mp, &up);
-            // SAFETY: `v` holds tiles × P × cin values and `m` tiles × P × cout (sized above),
-            // `u` P × cin × cout; GEMM p reads column block p of V and writes column block p of M,
-            // so the P calls write disjoint elements of `m`.
+            // SAFETY: `v` holds tiles × P × cin values and `m` tiles × P × cout (asserted above),
+            // `u` P × cin × cout; GEMM p reads column block p of V and writes column block p of
+            // M, so the P calls write disjoint elements of `m`.
             unsafe {
                 gemm::gemm(
                     tiles,
@@ -128,25 +195,90 @@ impl Winograd3x3 {
                     Parallelism::None,
                 )
             }
-        });
+        };
+        if parallel {
+            (0..P).into_par_iter().for_each(one);
+        } else {
+            (0..P).for_each(one);
+        }
+    }
+}
 
-        // Output transform Aᵀ M A + bias (+ ReLU), two output rows per task.
-        let m = &*m;
-        dst[..n * h * w * cout]
-            .par_chunks_mut(h * w * cout)
-            .enumerate()
-            .for_each(|(i, image)| {
-                image
-                    .par_chunks_mut(2 * w * cout)
-                    .enumerate()
-                    .for_each(|(ty, rows)| {
-                        let row_tiles = ((i * th + ty) * tw) * P * cout;
-                        for tx in 0..tw {
-                            let t = &m[row_tiles + tx * P * cout..][..P * cout];
-                            output_tile(t, rows, (tx, w, cout), bias, relu);
-                        }
-                    });
-            });
+/// Cache budget of one block's V + M in the blocked schedule (per thread, L2-sized).
+const BLOCK_BYTES: usize = 2 << 20;
+/// Fewer rows than this and the GEMMs lose more than the cache gains.
+const MIN_BLOCK_TILES: usize = 48;
+/// Largest input width that uses blocks: above it each block would re-stream big filters.
+const BLOCKED_MAX_CIN: usize = 128;
+/// Tiles per task in the unblocked schedule's transforms.
+const TASK_TILES: usize = 16;
+
+thread_local! {
+    /// The blocked schedule's V and M, one pair per pool thread, kept between calls.
+    static BLOCK_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+struct Geometry {
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+    cin: usize,
+    cout: usize,
+}
+
+impl Geometry {
+    /// Tile index → (image, tile row, tile column).
+    fn tile(&self, t: usize) -> (usize, usize, usize) {
+        let per_image = self.th * self.tw;
+        (t / per_image, (t % per_image) / self.tw, t % self.tw)
+    }
+}
+
+/// Input transform of tiles `range` into `out` ((range.len(), P, cin)).
+fn input_tiles(src: &[f32], g: &Geometry, range: std::ops::Range<usize>, out: &mut [f32]) {
+    let (h, w, cin) = (g.h, g.w, g.cin);
+    let zeros = vec![0f32; cin];
+    for (k, t) in range.enumerate() {
+        let (i, ty, tx) = g.tile(t);
+        let d: [&[f32]; P] = std::array::from_fn(|k| {
+            let y = (2 * ty + k / 4) as isize - 1;
+            let x = (2 * tx + k % 4) as isize - 1;
+            if y < 0 || y >= h as isize || x < 0 || x >= w as isize {
+                &zeros[..]
+            } else {
+                let at = ((i * h + y as usize) * w + x as usize) * cin;
+                &src[at..at + cin]
+            }
+        });
+        input_tile(&d, &mut out[k * P * cin..(k + 1) * P * cin], cin);
+    }
+}
+
+/// Output transform of tiles `range` (their products in `m`, (range.len(), P, cout)) into the
+/// NHWC output behind `out`.
+fn output_tiles(
+    m: &[f32],
+    g: &Geometry,
+    range: std::ops::Range<usize>,
+    out: &SendPtr,
+    bias: &[f32],
+    relu: bool,
+) {
+    let (h, w, cout) = (g.h, g.w, g.cout);
+    for (k, t) in range.enumerate() {
+        let (i, ty, tx) = g.tile(t);
+        let pixel = |a: usize, b: usize| {
+            let (y, x) = (2 * ty + a, 2 * tx + b);
+            // SAFETY: (y, x) is inside the image, so the slice lies in the caller's `dst`
+            // (asserted n·h·w·cout long); each output pixel belongs to exactly one tile, and
+            // each tile to one task, so no two live slices overlap.
+            (y < h && x < w).then(|| unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(((i * h + y) * w + x) * cout), cout)
+            })
+        };
+        let mut px = [pixel(0, 0), pixel(0, 1), pixel(1, 0), pixel(1, 1)];
+        output_tile(&m[k * P * cout..(k + 1) * P * cout], &mut px, bias, relu);
     }
 }
 
@@ -182,31 +314,26 @@ fn input_tile(d: &[&[f32]; P], out: &mut [f32], cin: usize) {
     }
 }
 
-/// The 2×2 outputs of tile `tx` from its P × cout block `t`, into `rows` (one or two output rows
-/// of width `w`), with bias and optional ReLU; outputs past the image edge are dropped.
-fn output_tile(
-    t: &[f32],
-    rows: &mut [f32],
-    (tx, w, cout): (usize, usize, usize),
-    bias: &[f32],
-    relu: bool,
-) {
-    let row_len = w * cout;
-    let nrows = rows.len() / row_len;
-    let ncols = (w - 2 * tx).min(2);
+/// The 2×2 outputs of one tile from its P × cout block `t`, with bias and optional ReLU, into
+/// the output pixels that exist (`None` past the image edge), ordered (0,0), (0,1), (1,0), (1,1).
+fn output_tile(t: &[f32], px: &mut [Option<&mut [f32]>; 4], bias: &[f32], relu: bool) {
+    let cout = bias.len();
+    let t = &t[..P * cout];
     for c in 0..cout {
         let mm = |p: usize| t[p * cout + c];
         // s = Aᵀ m: two rows of four.
         let s0: [f32; 4] = std::array::from_fn(|j| mm(j) + mm(4 + j) + mm(8 + j));
         let s1: [f32; 4] = std::array::from_fn(|j| mm(4 + j) - mm(8 + j) - mm(12 + j));
         let y = [
-            [s0[0] + s0[1] + s0[2], s0[1] - s0[2] - s0[3]],
-            [s1[0] + s1[1] + s1[2], s1[1] - s1[2] - s1[3]],
+            s0[0] + s0[1] + s0[2],
+            s0[1] - s0[2] - s0[3],
+            s1[0] + s1[1] + s1[2],
+            s1[1] - s1[2] - s1[3],
         ];
-        for (a, yr) in y.iter().enumerate().take(nrows) {
-            for (b, &val) in yr.iter().enumerate().take(ncols) {
+        for (o, val) in px.iter_mut().zip(y) {
+            if let Some(o) = o {
                 let s = val + bias[c];
-                rows[a * row_len + (2 * tx + b) * cout + c] = if relu { s.max(0.0) } else { s };
+                o[c] = if relu { s.max(0.0) } else { s };
             }
         }
     }
@@ -266,13 +393,24 @@ mod tests {
     #[test]
     fn matches_direct_convolution_on_odd_and_even_sizes() {
         // Odd sizes leave half-empty edge tiles; cin/cout not multiples of the SIMD width.
-        for (n, h, w, cin, cout) in [(2, 5, 3, 7, 9), (1, 4, 6, 16, 5), (1, 7, 7, 3, 32)] {
+        for (n, h, w, cin, cout) in [
+            (2, 5, 3, 7, 9),
+            (1, 4, 6, 16, 5),
+            (1, 7, 7, 3, 32),
+            (3, 9, 8, 20, 12),
+        ] {
             let src = pseudo_random(n * h * w * cin, 1);
             let wt = pseudo_random(9 * cin * cout, 2);
             let bias = pseudo_random(cout, 3);
             let want = direct(&src, (n, h, w, cin), &wt, cout);
-            let wg = Winograd3x3::new(&wt, cin, cout);
-            for relu in [false, true] {
+            let mut wg = Winograd3x3::new(&wt, cin, cout);
+            for (relu, schedule) in [
+                (false, Schedule::Whole),
+                (true, Schedule::Whole),
+                (true, Schedule::Blocks(3)),
+                (false, Schedule::Blocks(1)),
+            ] {
+                wg.schedule = Some(schedule);
                 let mut got = vec![f32::NAN; n * h * w * cout];
                 wg.forward(
                     &src,
