@@ -67,20 +67,16 @@ impl Conv {
         relu: bool,
     ) -> (usize, usize) {
         if let Some(wg) = &self.winograd {
-            wg.forward(
-                src,
-                (n, h, w),
-                &mut ws.col,
-                &mut ws.wino,
-                dst,
-                &self.b,
-                relu,
-            );
+            wg.forward(src, (n, h, w), &mut ws.v, &mut ws.m, dst, &self.b, relu);
             return (h, w);
         }
-        let (ho, wo) = self.gemm(src, (n, h, w), &mut ws.col, dst, false);
-        bias_act(&mut dst[..n * ho * wo * self.cout], &self.b, relu);
-        (ho, wo)
+        let term = Term {
+            conv: self,
+            src,
+            dims: (n, h, w),
+        };
+        fused(&[term], dst, false, &self.b, relu);
+        self.out_size(h, w)
     }
 
     fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
@@ -90,35 +86,92 @@ impl Conv {
         )
     }
 
-    /// `dst[m×cout] (+)= conv(src)`, without bias. Returns the output (h, w).
-    /// `col` is scratch for the im2col matrix; a 1×1 stride-1 conv does not touch it.
-    fn gemm(
-        &self,
-        src: &[f32],
-        (n, h, w): (usize, usize, usize),
-        col: &mut Vec<f32>,
-        dst: &mut [f32],
-        accumulate: bool,
-    ) -> (usize, usize) {
-        let (ho, wo) = self.out_size(h, w);
-        let m = n * ho * wo;
-        let kk = self.k * self.k * self.cin;
-        let lhs: &[f32] = if self.k == 1 && self.stride == 1 {
-            &src[..m * self.cin]
-        } else {
-            let col = grow(col, m * kk);
-            im2col(src, (n, h, w, self.cin), self.k, self.stride, self.pad, col);
-            col
-        };
-        matmul(
-            &mut dst[..m * self.cout],
-            lhs,
-            &self.w,
-            (m, kk, self.cout),
-            accumulate,
-        );
-        (ho, wo)
+    /// A 1×1 stride-1 convolution reads its input rows as they are; others go through im2col.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.stride == 1
     }
+}
+
+/// One product summed into a fused output: `conv` applied to `src`, (n, h, w, conv.cin).
+struct Term<'a> {
+    conv: &'a Conv,
+    src: &'a [f32],
+    dims: (usize, usize, usize),
+}
+
+/// `dst (m × cout) = act([dst +] Σ conv(src) + bias)` for terms that share one output shape.
+///
+/// The output is cut into blocks and each pool thread takes whole blocks: for each it builds the
+/// im2col rows it needs in its own cache-sized scratch, runs one single-threaded GEMM per term,
+/// and applies bias and ReLU while the block is still in cache. One synchronisation per call,
+/// and no im2col matrix or output makes a round trip through memory between passes.
+fn fused(terms: &[Term], dst: &mut [f32], accumulate: bool, bias: &[f32], relu: bool) {
+    let first = terms.first().expect("at least one term");
+    let (n, h, w) = first.dims;
+    let (ho, wo) = first.conv.out_size(h, w);
+    let (m, cout) = (n * ho * wo, first.conv.cout);
+    for t in terms {
+        let (n, h, w) = t.dims;
+        assert_eq!(
+            (
+                n * t.conv.out_size(h, w).0 * t.conv.out_size(h, w).1,
+                t.conv.cout
+            ),
+            (m, cout)
+        );
+        assert!(t.src.len() >= n * h * w * t.conv.cin);
+    }
+    assert!(dst.len() >= m * cout && bias.len() == cout);
+    let im2col_k = terms
+        .iter()
+        .filter(|t| !t.conv.direct())
+        .map(|t| t.conv.k * t.conv.k * t.conv.cin)
+        .max();
+    let blocks = output_blocks(m, cout, im2col_k, rayon::current_num_threads());
+    let out = SendPtr(dst.as_mut_ptr());
+    blocks.par_iter().for_each(|&(r0, rows, c0, cols)| {
+        let out = &out;
+        for (j, t) in terms.iter().enumerate() {
+            let c = t.conv;
+            let kk = c.k * c.k * c.cin;
+            let acc = accumulate || j > 0;
+            if c.direct() {
+                gemm_block(
+                    out.0,
+                    cout,
+                    (r0, rows, c0, cols),
+                    &t.src[r0 * kk..],
+                    kk,
+                    &c.w,
+                    acc,
+                );
+            } else {
+                COL.with(|col| {
+                    let mut col = col.borrow_mut();
+                    let col = grow(&mut col, rows * kk);
+                    let (n, h, w) = t.dims;
+                    im2col_rows(
+                        t.src,
+                        (n, h, w, c.cin),
+                        (c.k, c.stride, c.pad),
+                        r0..r0 + rows,
+                        col,
+                    );
+                    gemm_block(out.0, cout, (r0, rows, c0, cols), col, kk, &c.w, acc);
+                });
+            }
+        }
+        for r in r0..r0 + rows {
+            // SAFETY: the block lies inside `dst` (asserted above) and blocks are disjoint.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cout + c0), cols) };
+            bias_act_row(row, &bias[c0..c0 + cols], relu);
+        }
+    });
+}
+
+thread_local! {
+    /// Each pool thread's im2col rows for the block it is computing.
+    static COL: std::cell::RefCell<Vec<f32>> = Default::default();
 }
 
 struct Bottleneck {
@@ -140,11 +193,11 @@ struct Workspace {
     scratch: Scratch,
 }
 
-/// A convolution's temporary matrices: im2col, or Winograd's transformed input and products.
+/// Winograd's transformed input and products (whole-tensor schedule).
 #[derive(Default)]
 struct Scratch {
-    col: Vec<f32>,
-    wino: Vec<f32>,
+    v: Vec<f32>,
+    m: Vec<f32>,
 }
 
 /// `INFERENCE_WINOGRAD=0` turns Winograd off (3×3 convolutions then run as im2col + GEMM), to
@@ -239,19 +292,26 @@ impl CpuResNet50 {
             block
                 .conv2
                 .forward(&ws.t1, (n, h, w), &mut ws.scratch, t2, true);
-            // The shortcut is the GEMM destination; conv3 accumulates onto it.
+            // conv3 accumulates onto the shortcut: the block input itself, or the downsample
+            // computed in the same output blocks.
+            let main = Term {
+                conv: &block.conv3,
+                src: &ws.t2,
+                dims: (n, ho, wo),
+            };
             if let Some(ds) = &block.downsample {
-                let shortcut = grow(&mut ws.shortcut, mo * cout);
-                ds.gemm(&ws.x, (n, h, w), &mut ws.scratch.col, shortcut, false);
+                let shortcut = Term {
+                    conv: ds,
+                    src: &ws.x,
+                    dims: (n, h, w),
+                };
+                let out = grow(&mut ws.shortcut, mo * cout);
+                fused(&[shortcut, main], out, false, &block.out_bias, true);
                 std::mem::swap(&mut ws.x, &mut ws.shortcut);
             } else {
                 debug_assert_eq!(c, cout);
+                fused(&[main], &mut ws.x[..mo * cout], true, &block.out_bias, true);
             }
-            let out = &mut ws.x[..mo * cout];
-            block
-                .conv3
-                .gemm(&ws.t2, (n, ho, wo), &mut ws.scratch.col, out, true);
-            bias_act(out, &block.out_bias, true);
             (h, w, c) = (ho, wo, cout);
         }
 
@@ -266,8 +326,18 @@ impl CpuResNet50 {
         }
         let classes = self.fc_b.len();
         let mut logits = vec![0f32; n * classes];
-        matmul(&mut logits, &pooled, &self.fc_w, (n, c, classes), false);
-        bias_act(&mut logits, &self.fc_b, false);
+        gemm_block(
+            logits.as_mut_ptr(),
+            classes,
+            (0, n, 0, classes),
+            &pooled,
+            c,
+            &self.fc_w,
+            false,
+        );
+        for row in logits.chunks_exact_mut(classes) {
+            bias_act_row(row, &self.fc_b, false);
+        }
         logits
     }
 
@@ -317,89 +387,91 @@ fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// `dst (m×n) = [dst +] a (m×k) · b (k×n)`, all row-major.
-///
-/// The output is cut into one block per pool thread (rows when there are many, else columns) and
-/// each block is one single-threaded GEMM: fewer synchronisations than the crate's own split.
-fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), acc: bool) {
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    let (d, a, b) = (
-        SendPtr(dst.as_mut_ptr()),
-        SendPtr(a.as_ptr() as *mut f32),
-        SendPtr(b.as_ptr() as *mut f32),
-    );
-    let blocks = output_blocks(m, n, rayon::current_num_threads());
-    blocks.par_iter().for_each(|&(r0, rows, c0, cols)| {
-        let (d, a, b) = (&d, &a, &b);
-        // SAFETY: the assert above keeps every access in bounds; strides describe dense
-        // row-major matrices; `dst` does not alias `a` or `b` (distinct borrows); the blocks are
-        // disjoint, so no two tasks write the same element.
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                k,
-                d.0.add(r0 * n + c0),
-                1,
-                n as isize,
-                acc,
-                a.0.add(r0 * k),
-                1,
-                k as isize,
-                b.0.add(c0),
-                1,
-                n as isize,
-                if acc { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            )
-        }
-    });
+/// Block (r0, rows, c0, cols) of a row-major `dst` with `n` columns `(+)=` rows r0.. of `a`
+/// (row stride `k`, starting at `a[0]`) times columns c0.. of `b` (k × n, row-major).
+/// Single-threaded: callers run blocks side by side.
+fn gemm_block(
+    dst: *mut f32,
+    n: usize,
+    (r0, rows, c0, cols): (usize, usize, usize, usize),
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    acc: bool,
+) {
+    assert!(a.len() >= (rows - 1) * k + k && b.len() >= k * n && c0 + cols <= n);
+    // SAFETY: `a` and `b` bounds are asserted; the caller guarantees `dst` holds the block and
+    // that no other task writes it.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            k,
+            dst.add(r0 * n + c0),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr().add(c0),
+            1,
+            n as isize,
+            if acc { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
-/// (first row, rows, first column, columns) of each thread's share of an m × n output.
-fn output_blocks(m: usize, n: usize, parts: usize) -> Vec<(usize, usize, usize, usize)> {
+/// Bytes of im2col rows one block may hold (per thread, in L2 with the weights' panel).
+const COL_BLOCK_BYTES: usize = 512 << 10;
+
+/// (first row, rows, first column, columns) of the blocks an m × n output is computed in.
+/// Many rows: row blocks, at least one per thread and a multiple of the thread count; when the
+/// rows are built by im2col (`im2col_k` = its row length), small enough for their im2col rows to
+/// stay in cache, but not below 2n rows (each block re-packs the k × n weights). Few rows: one
+/// column block per thread.
+fn output_blocks(
+    m: usize,
+    n: usize,
+    im2col_k: Option<usize>,
+    parts: usize,
+) -> Vec<(usize, usize, usize, usize)> {
     // Multiples of 16 rows or columns keep the blocks aligned with the micro-kernel's tiles.
     const ALIGN: usize = 16;
-    if parts <= 1 || m * n < 64 * 64 {
-        vec![(0, m, 0, n)]
-    } else if m >= 4 * ALIGN * parts {
-        let step = m.div_ceil(parts).next_multiple_of(ALIGN);
+    let parts = parts.max(1);
+    if m >= 4 * ALIGN * parts {
+        let cap = im2col_k.map_or(m, |k| (COL_BLOCK_BYTES / (4 * k)).max(2 * n).max(4 * ALIGN));
+        let count = m.div_ceil(cap).max(parts).next_multiple_of(parts);
+        let step = m.div_ceil(count).next_multiple_of(ALIGN);
         (0..m)
             .step_by(step)
             .map(|r| (r, step.min(m - r), 0, n))
             .collect()
-    } else {
+    } else if parts > 1 && m * n >= 64 * 64 {
         let step = n.div_ceil(parts).next_multiple_of(ALIGN);
         (0..n)
             .step_by(step)
             .map(|c| (0, m, c, step.min(n - c)))
             .collect()
+    } else {
+        vec![(0, m, 0, n)]
     }
 }
 
-/// Values handed to one rayon task in the element-wise passes: smaller passes are not worth
-/// splitting.
-const VALUES_PER_TASK: usize = 1 << 15;
-
-/// `x[row] = act(x[row] + bias)` for every row of a (rows × bias.len()) matrix.
-fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
-    let c = bias.len();
-    let rows_per_task = VALUES_PER_TASK.div_ceil(c);
-    x.par_chunks_mut(c * rows_per_task).for_each(|rows| {
-        for row in rows.chunks_exact_mut(c) {
-            if relu {
-                row.iter_mut()
-                    .zip(bias)
-                    .for_each(|(v, b)| *v = (*v + b).max(0.0));
-            } else {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-        }
-    });
+/// `row = act(row + bias)`.
+fn bias_act_row(row: &mut [f32], bias: &[f32], relu: bool) {
+    if relu {
+        row.iter_mut()
+            .zip(bias)
+            .for_each(|(v, b)| *v = (*v + b).max(0.0));
+    } else {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
 }
 
 fn nchw_to_nhwc(src: &[f32], (n, c, h, w): (usize, usize, usize, usize), dst: &mut [f32]) {
@@ -414,45 +486,40 @@ fn nchw_to_nhwc(src: &[f32], (n, c, h, w): (usize, usize, usize, usize), dst: &m
     });
 }
 
-/// NHWC im2col: row (i, oy, ox) holds the k×k input patch as (ky, kx, c), zeros where the patch
-/// hangs over the border. For a given ky the in-bounds kx run is one contiguous slice of input.
-fn im2col(
+/// NHWC im2col of output rows `rows` (row r = (image, oy, ox) in raster order) into `dst`: each
+/// row holds the k×k input patch as (ky, kx, c), zeros where the patch hangs over the border. For
+/// a given ky the in-bounds kx run is one contiguous slice of input.
+fn im2col_rows(
     src: &[f32],
-    (n, h, w, c): (usize, usize, usize, usize),
-    k: usize,
-    stride: usize,
-    pad: usize,
+    (_n, h, w, c): (usize, usize, usize, usize),
+    (k, stride, pad): (usize, usize, usize),
+    rows: std::ops::Range<usize>,
     dst: &mut [f32],
 ) {
     let ho = (h + 2 * pad - k) / stride + 1;
     let wo = (w + 2 * pad - k) / stride + 1;
     let row = k * k * c;
-    debug_assert_eq!(dst.len(), n * ho * wo * row);
-    dst.par_chunks_mut(wo * row)
-        .enumerate()
-        .for_each(|(r, out)| {
-            let (i, oy) = (r / ho, r % ho);
-            for ox in 0..wo {
-                let patch = &mut out[ox * row..(ox + 1) * row];
-                // kx range whose input column is inside [0, w).
-                let x0 = (ox * stride) as isize - pad as isize;
-                let kx_lo = (-x0).max(0) as usize;
-                let kx_hi = ((w as isize - x0).min(k as isize)).max(0) as usize;
-                for ky in 0..k {
-                    let seg = &mut patch[ky * k * c..(ky + 1) * k * c];
-                    let iy = (oy * stride + ky) as isize - pad as isize;
-                    if iy < 0 || iy >= h as isize || kx_lo >= kx_hi {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    seg[..kx_lo * c].fill(0.0);
-                    seg[kx_hi * c..].fill(0.0);
-                    let ix = (x0 + kx_lo as isize) as usize;
-                    let at = ((i * h + iy as usize) * w + ix) * c;
-                    seg[kx_lo * c..kx_hi * c].copy_from_slice(&src[at..at + (kx_hi - kx_lo) * c]);
-                }
+    debug_assert_eq!(dst.len(), rows.len() * row);
+    for (patch, r) in dst.chunks_exact_mut(row).zip(rows) {
+        let (i, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+        // kx range whose input column is inside [0, w).
+        let x0 = (ox * stride) as isize - pad as isize;
+        let kx_lo = (-x0).max(0) as usize;
+        let kx_hi = ((w as isize - x0).min(k as isize)).max(0) as usize;
+        for ky in 0..k {
+            let seg = &mut patch[ky * k * c..(ky + 1) * k * c];
+            let iy = (oy * stride + ky) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize || kx_lo >= kx_hi {
+                seg.fill(0.0);
+                continue;
             }
-        });
+            seg[..kx_lo * c].fill(0.0);
+            seg[kx_hi * c..].fill(0.0);
+            let ix = (x0 + kx_lo as isize) as usize;
+            let at = ((i * h + iy as usize) * w + ix) * c;
+            seg[kx_lo * c..kx_hi * c].copy_from_slice(&src[at..at + (kx_hi - kx_lo) * c]);
+        }
+    }
 }
 
 /// 3×3 stride-2 max-pool with padding 1 (padding never wins: out-of-range taps are skipped).
@@ -490,16 +557,23 @@ mod tests {
 
     #[test]
     fn output_blocks_cover_the_output_exactly_once() {
-        for (m, n, parts) in [
-            (1, 1000, 2),
-            (49, 2048, 2),
-            (3136, 64, 2),
-            (25088, 64, 3),
-            (196, 256, 4),
-            (10, 10, 2),
+        for (m, n, k, parts) in [
+            (1, 1000, None, 2),
+            (49, 2048, Some(4608), 2),
+            (3136, 64, None, 2),
+            (12544, 64, Some(147), 2),
+            (25088, 64, Some(576), 3),
+            (196, 256, None, 4),
+            (10, 10, None, 2),
+            (300, 20, Some(9), 1),
         ] {
             let mut seen = vec![0u8; m * n];
-            for (r0, rows, c0, cols) in output_blocks(m, n, parts) {
+            let blocks = output_blocks(m, n, k, parts);
+            assert!(
+                blocks.len() >= parts.min(2) || m * n < 64 * 64,
+                "{m}x{n}: {blocks:?}"
+            );
+            for (r0, rows, c0, cols) in blocks {
                 for r in r0..r0 + rows {
                     for c in c0..c0 + cols {
                         seen[r * n + c] += 1;
@@ -524,7 +598,7 @@ mod tests {
         // 3×3, stride 2, padding 1.
         let (ho, wo) = (3, 2);
         let mut col = vec![f32::NAN; n * ho * wo * 9 * c];
-        im2col(&src, (n, h, w, c), 3, 2, 1, &mut col);
+        im2col_rows(&src, (n, h, w, c), (3, 2, 1), 0..n * ho * wo, &mut col);
         let mut pooled = Vec::new();
         assert_eq!(max_pool_3x3s2(&src, (n, h, w, c), &mut pooled), (ho, wo));
         for i in 0..n {
