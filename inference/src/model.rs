@@ -90,6 +90,8 @@ pub struct ResNet50 {
     blocks: Vec<Bottleneck>,
     fc_weight_t: Tensor, // (2048, classes), transposed once at load
     fc_bias: Tensor,
+    /// Convolutions' dtype; input is cast to it, pooling and the classifier run in f32.
+    dtype: DType,
 }
 
 impl ResNet50 {
@@ -126,12 +128,39 @@ impl ResNet50 {
             blocks,
             fc_weight_t,
             fc_bias,
+            dtype: DType::F32,
         })
+    }
+
+    /// The same network with its convolutions in `dtype` (F16 on GPUs: tensor cores, half the
+    /// memory traffic). Pooling and the classifier stay f32.
+    pub fn with_dtype(w: &Weights, dtype: DType) -> Result<Self> {
+        let mut net = Self::new(w)?;
+        let cast = |c: &mut FoldedConv| -> Result<()> {
+            c.weight = c.weight.to_dtype(dtype)?;
+            c.bias = c.bias.to_dtype(dtype)?;
+            Ok(())
+        };
+        cast(&mut net.stem)?;
+        for b in &mut net.blocks {
+            cast(&mut b.conv1)?;
+            cast(&mut b.conv2)?;
+            cast(&mut b.conv3)?;
+            if let Some(d) = &mut b.downsample {
+                cast(d)?;
+            }
+        }
+        net.dtype = dtype;
+        Ok(net)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// `x`: (N, 3, 224, 224) normalised images → (N, 1000) logits.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.stem.forward(x, true)?;
+        let y = self.stem.forward(&x.to_dtype(self.dtype)?, true)?;
         // Max-pool 3x3/2 with padding 1: the input is post-ReLU (>= 0), so zero padding
         // equals torchvision's -inf padding.
         let y = y
@@ -142,7 +171,7 @@ impl ResNet50 {
         for block in &self.blocks {
             y = block.forward(&y)?;
         }
-        let pooled = y.mean(D::Minus1)?.mean(D::Minus1)?;
+        let pooled = y.to_dtype(DType::F32)?.mean(D::Minus1)?.mean(D::Minus1)?;
         pooled
             .matmul(&self.fc_weight_t)?
             .broadcast_add(&self.fc_bias)
@@ -162,11 +191,17 @@ pub enum Model {
 }
 
 impl Model {
+    /// The server's choice for `device`; on a GPU the convolutions run in f16.
     pub fn new(w: &Weights, device: &Device) -> Result<Self> {
+        Self::with_gpu_dtype(w, device, DType::F16)
+    }
+
+    /// As [`Model::new`], with the GPU network's convolutions in `gpu_dtype`.
+    pub fn with_gpu_dtype(w: &Weights, device: &Device, gpu_dtype: DType) -> Result<Self> {
         Ok(match device {
             Device::Cpu => Self::Cpu(Box::new(CpuResNet50::new(w)?)),
             _ => Self::Candle {
-                net: ResNet50::new(w)?,
+                net: ResNet50::with_dtype(w, gpu_dtype)?,
                 device: device.clone(),
             },
         })
@@ -189,6 +224,7 @@ impl Model {
     pub fn implementation(&self) -> &'static str {
         match self {
             Self::Cpu(_) => "cpu-nhwc",
+            Self::Candle { net, .. } if net.dtype() == DType::F16 => "candle-f16",
             Self::Candle { .. } => "candle",
         }
     }

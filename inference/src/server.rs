@@ -7,7 +7,7 @@ use actix_web::{App, HttpServer, web};
 use candle_core::Device;
 
 use crate::api;
-use crate::config::{DevicePref, ServeArgs};
+use crate::config::{DevicePref, GpuDtype, ServeArgs};
 use crate::engine::{BatchModel, Engine, EngineConfig};
 use crate::model::{INPUT_LEN, Model};
 use crate::state::{AppState, WeightsInfo};
@@ -65,7 +65,11 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
             "serving RANDOM weights written by `inference-server generate-weights`: predictions are meaningless; see the README for real ResNet50 weights"
         );
     }
-    let model = Model::new(&w, &device).map_err(|e| {
+    let gpu_dtype = match args.gpu_dtype {
+        GpuDtype::F16 => candle_core::DType::F16,
+        GpuDtype::F32 => candle_core::DType::F32,
+    };
+    let model = Model::with_gpu_dtype(&w, &device, gpu_dtype).map_err(|e| {
         anyhow::anyhow!("{}: cannot build ResNet50: {e}", args.model_path.display())
     })?;
     tracing::info!(implementation = model.implementation(), "model built");

@@ -39,8 +39,8 @@ fn model() -> Model {
     model
 }
 
-/// Both implementations the server can run: the CPU network, and the candle network the GPU runs
-/// (here on the CPU, as no GPU is present).
+/// Both f32 implementations the server can run: the CPU network, and the candle network (which
+/// GPUs run; here on the CPU, as no GPU is present).
 fn models() -> Vec<Model> {
     let w = checked_weights();
     vec![
@@ -204,4 +204,37 @@ fn tolerance_catches_wrong_filter_and_wrong_crop() {
             );
         }
     }
+}
+
+/// The GPU default: the candle network with f16 convolutions. Run here on the CPU (no GPU in CI;
+/// CUDA's f16 kernels round differently but at the same precision), it must keep torchvision's
+/// top-5 on every photo; logits may move by f16's ~1e-3 relative rounding per layer.
+#[test]
+fn f16_candle_network_keeps_torchvision_top5() {
+    let w = checked_weights();
+    let model = Model::Candle {
+        net: ResNet50::with_dtype(&w, candle_core::DType::F16).unwrap(),
+        device: Device::Cpu,
+    };
+    assert_eq!(model.implementation(), "candle-f16");
+    let mut report = Vec::new();
+    for case in cases() {
+        let input = preprocess::preprocess(&case.bytes, &DecodeLimits::default()).unwrap();
+        let logits = model.forward_flat(input, 1).unwrap();
+        let diff = max_abs_diff(&logits, &case.expected);
+        let scale = case.expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        report.push(format!(
+            "{} [candle-f16]: max|Δlogit| {diff:.2e} (scale {scale:.2})",
+            case.file
+        ));
+        assert_eq!(
+            top5(&logits),
+            case.top5,
+            "{}: f16 changes the top-5",
+            case.file
+        );
+        // Measured ≤ 6.6e-3 on these photos; a wrong cast or a missing bias is far larger.
+        assert!(diff <= 5e-2, "{}: f16 max |Δlogit| {diff}", case.file);
+    }
+    println!("{}", report.join("\n"));
 }
