@@ -3,13 +3,14 @@
 # machines: the CUDA build does not even start without libcuda.so.1).
 # Runs inference/examples/bench_forward.rs built with `--features cuda` (next to
 # `make build-cuda`'s target-cuda/release/inference-server, same target dir, so it reuses that
-# build) on --device cuda at batch 1/8/32, our model and candle-transformers' stock resnet50,
+# build) on --device cuda at batch 1/8/32: our model (the server's GPU path, f16), the same network
+# in f32 (candle-folded) and candle-transformers' stock resnet50 (f32),
 # and prints median/p90 latency and img/s. Input and logits stay on the GPU; each timed forward
 # ends with a device synchronize.
 #
 #   tools/bench/gpu.sh                     # build if needed, then benchmark
 #   BENCH_QUICK=1 tools/bench/gpu.sh       # 2 warm-up + 10 runs (default 5 + 50)
-# Knobs: BENCH_BATCHES (1,8,32), BENCH_WARMUP, BENCH_RUNS, BENCH_BACKENDS (ours,candle-stock),
+# Knobs: BENCH_BATCHES (1,8,32), BENCH_WARMUP, BENCH_RUNS, BENCH_BACKENDS (ours = f16, candle-folded = f32, candle-stock),
 #   BENCH_GPU (cuda = GPU 0; cuda:N), BENCH_BUILD=1 (rebuild even if the binary exists),
 #   CUDA_WHEELS_DIR (as tools/cuda-env.sh; where the CUDA runtime libraries are found at run time).
 set -euo pipefail
@@ -19,7 +20,7 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then d_warmup=2 d_runs=10; else d_warmup=5 d_ru
 BATCHES=${BENCH_BATCHES:-1,8,32}
 WARMUP=${BENCH_WARMUP:-$d_warmup}
 RUNS=${BENCH_RUNS:-$d_runs}
-BACKENDS=${BENCH_BACKENDS:-ours,candle-stock}
+BACKENDS=${BENCH_BACKENDS:-ours,candle-folded,candle-stock}
 GPU=${BENCH_GPU:-cuda}
 TARGET=target-cuda
 BIN=$TARGET/release/examples/bench_forward
