@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_bench import ROOT, Server, log, post  # noqa: E402
 
 
-def oha(url: str, image: Path, args: list[str], seconds: float) -> list[tuple[int, float]]:
-    """Runs oha; returns (status, seconds) per completed request (its CSV output). Requests still
-    in flight when the duration ends are cut off by oha and not listed."""
+def oha(url: str, image: Path, args: list[str], seconds: float) -> list[tuple[int, float, float]]:
+    """Runs oha; returns (status, seconds, start offset) per completed request (its CSV output).
+    Requests still in flight when the duration ends are cut off by oha and not listed."""
     exe = shutil.which("oha") or str(Path.home() / ".cargo" / "bin" / "oha")
     cmd = [exe, "--no-tui", "--output-format", "csv", "-z", f"{seconds:g}s", "-m", "POST",
            "-H", "Content-Type: image/jpeg", "-D", str(image), "-t", "60s", *args, url]
@@ -45,7 +45,8 @@ def oha(url: str, image: Path, args: list[str], seconds: float) -> list[tuple[in
     if out.returncode != 0:
         raise SystemExit(f"oha failed ({out.returncode}): {out.stderr.strip()[:500]}")
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    return [(int(r["status"]), float(r["request-duration"])) for r in rows if r.get("status")]
+    return [(int(r["status"]), float(r["request-duration"]), float(r["request-start"]))
+            for r in rows if r.get("status")]
 
 
 def rss_mib(pid: int) -> float:
@@ -89,10 +90,11 @@ def main() -> None:
         with urllib.request.urlopen(server.base + "/version") as r:
             version = json.loads(r.read())
         max_queue = int(version.get("max_queue") or 64)
+        max_batch = int(version.get("max_batch_size") or 8)
 
         log(f"sustainable rate: oha -c 8 for {args.sustain:g}s")
         base = oha(url, image, ["-c", "8"], args.sustain)
-        sustainable = sum(1 for st, _ in base if st == 200) / args.sustain
+        sustainable = sum(1 for st, _, _ in base if st == 200) / args.sustain
         offered = args.factor * sustainable
         rss_start = rss_mib(server.proc.pid)
 
@@ -148,10 +150,14 @@ def main() -> None:
             status, _ = post(url, image, False)
             alive = status == 200
 
-        ok_ms = [lat * 1e3 for st, lat in over if st == 200]
-        busy_ms = [lat * 1e3 for st, lat in over if st in (429, 503)]
+        ok_ms = [lat * 1e3 for st, lat, _ in over if st == 200]
+        half = args.duration / 2
+        ok_first = [lat * 1e3 for st, lat, t in over if st == 200 and t < half]
+        ok_second = [lat * 1e3 for st, lat, t in over if st == 200 and t >= half]
+        busy_ms = [lat * 1e3 for st, lat, _ in over if st in (429, 503)]
+        served = len(ok_ms) / args.duration
         codes: dict[str, int] = {}
-        for st, _ in over:
+        for st, _, _ in over:
             codes[str(st)] = codes.get(str(st), 0) + 1
         probe_busy = [ra for st, _, ra in probes if st in (429, 503)]
         result = {
@@ -160,16 +166,19 @@ def main() -> None:
             "sustainable_rate": round(sustainable, 2), "offered_rate": round(offered, 2),
             "status_codes": codes,
             "cut_off_at_end": round(offered * args.duration) - len(over),
-            "served_rate": round(len(ok_ms) / args.duration, 2),
+            "served_rate": round(served, 2),
             "probe_requests": len(probes), "probe_rejected": len(probe_busy),
             "rejected_with_retry_after": sum(1 for ra in probe_busy if ra),
             "admitted_p50_ms": round(pct(ok_ms, 0.5), 1),
             "admitted_p99_ms": round(pct(ok_ms, 0.99), 1),
             "admitted_max_ms": round(max(ok_ms, default=float("nan")), 1),
+            "admitted_p99_first_half_ms": round(pct(ok_first, 0.99), 1),
+            "admitted_p99_second_half_ms": round(pct(ok_second, 0.99), 1),
             "rejected_p50_ms": round(pct(busy_ms, 0.5), 2),
             "rejected_p99_ms": round(pct(busy_ms, 0.99), 2),
-            "max_queue": max_queue,
-            "queue_bound_ms": round(max_queue / max(sustainable, 0.1) * 1e3, 0),
+            "max_queue": max_queue, "max_batch": max_batch,
+            # Ahead of an admitted request: at most MAX_QUEUE waiting and one batch running.
+            "queue_bound_ms": round((max_queue + max_batch) / max(served, 0.1) * 1e3, 0),
             "rss_start_mib": round(rss_start, 1), "rss_max_mib": round(max(rss), 1),
             "rss_end_mib": round(rss_end, 1), "rss_mean_mib": round(statistics.fmean(rss), 1),
             "alive_after": alive,

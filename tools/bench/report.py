@@ -14,6 +14,7 @@ Usage: python tools/bench/report.py forward.jsonl http.jsonl [overload.jsonl]
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 FWD_ORDER = ["ours", "candle-folded", "candle-stock", "torch", "onnxruntime"]
@@ -40,9 +41,28 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def merge_rounds(rows: list[dict]) -> list[dict]:
+    """One row per (backend, batch): several rounds' rows become the median of their medians and
+    p90s, the sum of their runs, and a `rounds` count."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["backend"], r["batch"]), []).append(r)
+    merged = []
+    for (backend, batch), rs in groups.items():
+        m = dict(rs[0])
+        m["median_ms"] = statistics.median(r["median_ms"] for r in rs)
+        m["p90_ms"] = statistics.median(r["p90_ms"] for r in rs)
+        m["runs"] = sum(r["runs"] for r in rs)
+        m["rounds"] = len(rs)
+        m["images_per_s"] = round(batch * 1e3 / m["median_ms"], 2)
+        merged.append(m)
+    return merged
+
+
 def forward_table(rows: list[dict]) -> None:
     if not rows:
         return
+    rows = merge_rounds(rows)
     threads = sorted({r.get("threads") for r in rows})
     runs = sorted({r.get("runs") for r in rows})
     vers = []
@@ -51,9 +71,11 @@ def forward_table(rows: list[dict]) -> None:
         if v:
             vers.append(f"{key} {v}")
     devices = sorted({r.get("device", "cpu") for r in rows})
+    rounds = sorted({r.get("rounds", 1) for r in rows})
     print(f"Forward pass only, input [N,3,224,224] f32 already on the device, same weights; "
           f"device {'/'.join(devices)}, CPU threads {'/'.join(map(str, threads))}, "
-          f"runs {'/'.join(map(str, runs))}")
+          f"runs {'/'.join(map(str, runs))} in {'/'.join(map(str, rounds))} interleaved round(s) "
+          f"(median of the rounds' medians)")
     print(f"({', '.join(vers)}; 'vs X' = img/s / X's img/s at the same batch: >1 = faster than X)")
     by = {(r["backend"], r["batch"]): r for r in rows}
     backends = [b for b in FWD_ORDER if any(k[0] == b for k in by)] + sorted(
@@ -117,12 +139,51 @@ def overload_table(rows: list[dict]) -> None:
         print(f"  responses: {codes} (+{r['cut_off_at_end']} still in flight when the run ended)")
         print(f"  served {r['served_rate']:.1f} img/s while overloaded; refusals probed with "
               f"Retry-After: {r['rejected_with_retry_after']}/{r['probe_rejected']}")
-        print(f"  admitted (200): p50 {r['admitted_p50_ms']:.0f} ms, p99 {r['admitted_p99_ms']:.0f} ms, "
-              f"max {r['admitted_max_ms']:.0f} ms (bound: MAX_QUEUE {r['max_queue']} / rate = "
-              f"{r['queue_bound_ms']:.0f} ms + a batch)")
+        print(f"  admitted (200): p50 {r['admitted_p50_ms']:.0f} ms, p99 {r['admitted_p99_ms']:.0f} ms "
+              f"(first half {r.get('admitted_p99_first_half_ms', float('nan')):.0f}, second half "
+              f"{r.get('admitted_p99_second_half_ms', float('nan')):.0f}), max {r['admitted_max_ms']:.0f} ms; "
+              f"bound (MAX_QUEUE {r['max_queue']} + a batch of {r.get('max_batch', 8)}) / served rate = "
+              f"{r['queue_bound_ms']:.0f} ms")
         print(f"  refused (503): p50 {r['rejected_p50_ms']:.1f} ms, p99 {r['rejected_p99_ms']:.1f} ms")
         print(f"  server RSS: {r['rss_start_mib']:.0f} MiB after warm-up, max {r['rss_max_mib']:.0f} MiB, "
               f"{r['rss_end_mib']:.0f} MiB at the end; alive afterwards: {r['alive_after']}")
+        print()
+
+
+def goals(fwd: list[dict], http: list[dict], over: list[dict]) -> None:
+    """Issue 5's targets, checked on this run's figures."""
+    fwd = {(r["backend"], r["batch"]): r for r in merge_rounds(fwd)}
+    http = {(r["server"], r["concurrency"]): r for r in http}
+    lines = []
+
+    def check(what: str, value: float | None, op: str, target: float, unit: str = "x") -> None:
+        if value is None:
+            return
+        ok = value <= target if op == "<=" else value >= target
+        lines.append(f"  [{'met' if ok else 'NOT met'}] {what}: {value:.2f}{unit} (target {op} {target:g}{unit})")
+
+    ours1 = fwd.get(("ours", 1), {}).get("median_ms")
+    for ref, name, target in (("torch", "PyTorch eager", 0.5), ("onnxruntime", "ONNX Runtime", 1.2)):
+        r = fwd.get((ref, 1), {}).get("median_ms")
+        check(f"forward batch-1 latency, ours / {name}", ours1 / r if ours1 and r else None, "<=", target)
+    o8, s8 = http.get(("ours", 8)), http.get(("seed", 8))
+    if o8 and s8:
+        check("HTTP img/s at concurrency 8, ours / seed", o8["images_per_s"] / s8["images_per_s"], ">=", 2.0)
+    o1 = http.get(("ours", 1))
+    if o1 and ours1:
+        check("HTTP p99 at concurrency 1 / forward batch-1 median", o1["p99_ms"] / ours1, "<=", 1.3)
+    for r in over:
+        check("overload: refusals' p99 latency", r["rejected_p99_ms"], "<=", 50.0, " ms")
+        # Bounded: within the queue's bound (+10 % for the HTTP path), and not growing over the run.
+        check("overload: admitted p99 / queue bound", r["admitted_p99_ms"] / r["queue_bound_ms"], "<=", 1.1)
+        if "admitted_p99_second_half_ms" in r:
+            check("overload: admitted p99, second half / first half",
+                  r["admitted_p99_second_half_ms"] / r["admitted_p99_first_half_ms"], "<=", 1.1)
+        check("overload: RSS growth over the run", r["rss_max_mib"] - r["rss_start_mib"], "<=", 200.0, " MiB")
+        lines.append(f"  [{'met' if r['alive_after'] else 'NOT met'}] overload: server alive and serving afterwards")
+    if lines:
+        print("Issue 5 targets on this run:")
+        print("\n".join(lines))
         print()
 
 
@@ -132,6 +193,9 @@ def main() -> None:
     forward_table([r for r in rows if r.get("kind") not in ("http", "overload") and "backend" in r])
     http_table([r for r in rows if r.get("kind") == "http"])
     overload_table([r for r in rows if r.get("kind") == "overload"])
+    goals([r for r in rows if r.get("kind") not in ("http", "overload") and "backend" in r],
+          [r for r in rows if r.get("kind") == "http"],
+          [r for r in rows if r.get("kind") == "overload"])
     if not rows:
         raise SystemExit("no benchmark results found in " + ", ".join(paths))
 

@@ -17,17 +17,19 @@
 #   BENCH_PARTS          forward,http,overload (default all three)
 #   BENCH_THREADS        threads for every backend/server (default: nproc)
 #   BENCH_BATCHES        1,4,8          BENCH_CONCURRENCY   1,4,8,16
-#   BENCH_WARMUP, BENCH_RUNS, BENCH_HTTP_DURATION (s), BENCH_HTTP_WARMUP (rounds over the images)
+#   BENCH_WARMUP, BENCH_RUNS (split over BENCH_ROUNDS interleaved rounds, default 3),
+#   BENCH_HTTP_DURATION (s), BENCH_HTTP_WARMUP (rounds over the images)
 #   CARGO_TARGET_DIR     where the Rust binaries are built (default target)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 QUICK=${BENCH_QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-  d_warmup=1 d_runs=3 d_http_duration=5 d_http_warmup=1
+  d_warmup=1 d_runs=3 d_rounds=1 d_http_duration=5 d_http_warmup=1
 else
-  d_warmup=3 d_runs=20 d_http_duration=30 d_http_warmup=2
+  d_warmup=3 d_runs=21 d_rounds=3 d_http_duration=30 d_http_warmup=2
 fi
+ROUNDS=${BENCH_ROUNDS:-$d_rounds}
 WARMUP=${BENCH_WARMUP:-$d_warmup}
 RUNS=${BENCH_RUNS:-$d_runs}
 HTTP_DURATION=${BENCH_HTTP_DURATION:-$d_http_duration}
@@ -86,9 +88,13 @@ phase "prerequisites (wrk, .venv, cargo build, weights)" deps
 } | tee "$OUT/host.txt" >&2
 
 # --- 1. forward pass ---------------------------------------------------------------------------
+# The runs are split over $ROUNDS interleaved rounds (ours, candle, torch, ORT, then again) so
+# that drift in a shared machine's speed hits every backend alike; report.py takes the median of
+# the rounds' medians.
+ROUND_RUNS=$(( (RUNS + ROUNDS - 1) / ROUNDS ))
 forward_candle() {
   "$TARGET/release/examples/bench_forward" --weights "$WEIGHTS" --threads "$THREADS" \
-    --batches "$BATCHES" --warmup "$WARMUP" --runs "$RUNS" --backends ours,candle-folded,candle-stock \
+    --batches "$BATCHES" --warmup "$WARMUP" --runs "$ROUND_RUNS" --backends ours,candle-folded,candle-stock \
     | tee -a "$OUT/forward.jsonl"
 }
 export_onnx() {
@@ -96,13 +102,15 @@ export_onnx() {
 }
 forward_python() {
   $PY tools/bench/torch_forward.py --weights "$WEIGHTS" --onnx "$OUT/resnet50.onnx" \
-    --threads "$THREADS" --batches "$BATCHES" --warmup "$WARMUP" --runs "$RUNS" \
+    --threads "$THREADS" --batches "$BATCHES" --warmup "$WARMUP" --runs "$ROUND_RUNS" \
     --backends torch,ort | tee -a "$OUT/forward.jsonl"
 }
 if has_part forward; then
-  phase "forward: candle (ours, stock)" forward_candle
   phase "forward: export ONNX from the torch model" export_onnx
-  phase "forward: PyTorch eager, ONNX Runtime" forward_python
+  for round in $(seq "$ROUNDS"); do
+    phase "forward round $round/$ROUNDS: ours, candle folded, candle stock" forward_candle
+    phase "forward round $round/$ROUNDS: PyTorch eager, ONNX Runtime" forward_python
+  done
 fi
 
 # --- 2. HTTP ------------------------------------------------------------------------------------
