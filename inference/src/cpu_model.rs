@@ -444,7 +444,9 @@ fn output_blocks(
     // Multiples of 16 rows or columns keep the blocks aligned with the micro-kernel's tiles.
     const ALIGN: usize = 16;
     let parts = parts.max(1);
-    if m >= 4 * ALIGN * parts {
+    // Rows when there are more output rows than weight columns; otherwise columns, so that each
+    // thread reads (and the GEMM packs) only its share of the weights.
+    if m >= 4 * ALIGN * parts && (m >= n || parts == 1) {
         let cap = im2col_k.map_or(m, |k| (COL_BLOCK_BYTES / (4 * k)).max(2 * n).max(4 * ALIGN));
         let count = m.div_ceil(cap).max(parts).next_multiple_of(parts);
         let step = m.div_ceil(count).next_multiple_of(ALIGN);
@@ -564,6 +566,8 @@ mod tests {
             (12544, 64, Some(147), 2),
             (25088, 64, Some(576), 3),
             (196, 256, None, 4),
+            (196, 1024, None, 2),
+            (1568, 1024, Some(2304), 2),
             (10, 10, None, 2),
             (300, 20, Some(9), 1),
         ] {
