@@ -3,11 +3,14 @@
 //! candle's conv2d spends most of its time around the matrix multiply (im2col in NCHW, per-call
 //! weight repacking, layout copies, separate bias/ReLU passes). Here:
 //! - activations are NHWC end to end, so a 1×1 stride-1 convolution is one GEMM straight on the
-//!   activation and a k×k one is one GEMM over an im2col buffer built from contiguous channel runs;
+//!   activation and a k×k one a GEMM over im2col rows built from contiguous channel runs;
 //! - BatchNorm is folded at load (the same f64 fold as `model`), weights are laid out once as
 //!   (kh·kw·cin, cout) row-major;
-//! - bias, residual add and ReLU cost one pass after each GEMM: the residual is the GEMM's
-//!   destination, and a downsample block's two biases are summed at load;
+//! - each convolution call cuts its output into blocks, one or more per pool thread (`fused`):
+//!   a thread builds only its block's im2col rows, runs one single-threaded GEMM per term and
+//!   applies bias (+ residual, which is the GEMM's destination) + ReLU while the block is in
+//!   cache; a downsample block's two biases are summed at load;
+//! - the 3×3 stride-1 convolutions run as Winograd F(2×2, 3×3) (`winograd`);
 //! - buffers live between calls (fresh multi-megabyte allocations page-fault on every forward).
 //!
 //! The GEMM is the `gemm` crate candle itself uses, with its AVX-512 kernels enabled (`x86-v4`);
