@@ -23,7 +23,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::model::{INPUT_SIZE, folded_conv};
-use crate::weights::{STAGES, Weights};
+use crate::weights::{self, Weights};
 use crate::winograd::{SendPtr, Winograd3x3};
 
 /// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) row-major matrix.
@@ -221,32 +221,28 @@ impl CpuResNet50 {
     pub fn new(w: &Weights) -> Result<Self> {
         let stem = Conv::new(w, "conv1", "bn1", 2, 3)?;
         let mut blocks = Vec::new();
-        for (layer, count, _, stride) in STAGES {
-            for i in 0..count {
-                let p = format!("{layer}.{i}");
-                let s = if i == 0 { stride } else { 1 };
-                let conv = |c: &str, bn: &str, stride, pad| {
-                    Conv::new(w, &format!("{p}.{c}"), &format!("{p}.{bn}"), stride, pad)
-                };
-                let conv3 = conv("conv3", "bn3", 1, 0)?;
-                let downsample = if i == 0 {
-                    Some(conv("downsample.0", "downsample.1", s, 0)?)
-                } else {
-                    None
-                };
-                let out_bias = match &downsample {
-                    Some(d) => conv3.b.iter().zip(&d.b).map(|(a, b)| a + b).collect(),
-                    None => conv3.b.clone(),
-                };
-                blocks.push(Bottleneck {
-                    conv1: conv("conv1", "bn1", 1, 0)?,
-                    // torchvision v1.5: the stride sits on the 3×3 conv.
-                    conv2: conv("conv2", "bn2", s, 1)?,
-                    conv3,
-                    downsample,
-                    out_bias,
-                });
-            }
+        for spec in weights::blocks() {
+            let p = &spec.prefix;
+            let conv = |c: &str, bn: &str, stride, pad| {
+                Conv::new(w, &format!("{p}.{c}"), &format!("{p}.{bn}"), stride, pad)
+            };
+            let conv3 = conv("conv3", "bn3", 1, 0)?;
+            let downsample = spec
+                .downsample
+                .then(|| conv("downsample.0", "downsample.1", spec.stride, 0))
+                .transpose()?;
+            let out_bias = match &downsample {
+                Some(d) => conv3.b.iter().zip(&d.b).map(|(a, b)| a + b).collect(),
+                None => conv3.b.clone(),
+            };
+            blocks.push(Bottleneck {
+                conv1: conv("conv1", "bn1", 1, 0)?,
+                // torchvision v1.5: the stride sits on the 3×3 conv.
+                conv2: conv("conv2", "bn2", spec.stride, 1)?,
+                conv3,
+                downsample,
+                out_bias,
+            });
         }
         let fc_w = w.tensors["fc.weight"].t()?.flatten_all()?.to_vec1()?;
         let fc_b = w.tensors["fc.bias"].to_vec1()?;

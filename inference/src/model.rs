@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use crate::cpu_model::CpuResNet50;
 pub use crate::preprocess::{INPUT_LEN, INPUT_SIZE};
-use crate::weights::{NUM_CLASSES, STAGES, Weights};
+use crate::weights::{self, NUM_CLASSES, Weights};
 
 const BN_EPS: f64 = 1e-5;
 
@@ -98,28 +98,21 @@ impl ResNet50 {
     pub fn new(w: &Weights) -> Result<Self> {
         let stem = FoldedConv::new(w, "conv1", "bn1", 2, 3)?;
         let mut blocks = Vec::new();
-        for (layer, count, _, stride) in STAGES {
-            for b in 0..count {
-                let p = format!("{layer}.{b}");
-                let s = if b == 0 { stride } else { 1 };
-                blocks.push(Bottleneck {
-                    conv1: FoldedConv::new(w, &format!("{p}.conv1"), &format!("{p}.bn1"), 1, 0)?,
-                    // torchvision v1.5: the stride sits on the 3x3 conv.
-                    conv2: FoldedConv::new(w, &format!("{p}.conv2"), &format!("{p}.bn2"), s, 1)?,
-                    conv3: FoldedConv::new(w, &format!("{p}.conv3"), &format!("{p}.bn3"), 1, 0)?,
-                    downsample: if b == 0 {
-                        Some(FoldedConv::new(
-                            w,
-                            &format!("{p}.downsample.0"),
-                            &format!("{p}.downsample.1"),
-                            s,
-                            0,
-                        )?)
-                    } else {
-                        None
-                    },
-                });
-            }
+        for spec in weights::blocks() {
+            let p = &spec.prefix;
+            let conv = |c: &str, bn: &str, stride, pad| {
+                FoldedConv::new(w, &format!("{p}.{c}"), &format!("{p}.{bn}"), stride, pad)
+            };
+            blocks.push(Bottleneck {
+                conv1: conv("conv1", "bn1", 1, 0)?,
+                // torchvision v1.5: the stride sits on the 3x3 conv.
+                conv2: conv("conv2", "bn2", spec.stride, 1)?,
+                conv3: conv("conv3", "bn3", 1, 0)?,
+                downsample: spec
+                    .downsample
+                    .then(|| conv("downsample.0", "downsample.1", spec.stride, 0))
+                    .transpose()?,
+            });
         }
         let fc_weight_t = w.tensors["fc.weight"].t()?.contiguous()?;
         let fc_bias = w.tensors["fc.bias"].clone();

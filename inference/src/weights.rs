@@ -20,6 +20,41 @@ pub const STAGES: [(&str, usize, usize, usize); 4] = [
     ("layer4", 3, 512, 2),
 ];
 pub const EXPANSION: usize = 4;
+
+/// One bottleneck block as torchvision names it.
+pub struct BlockSpec {
+    /// Tensor name prefix, e.g. `layer2.0`.
+    pub prefix: String,
+    /// Channels in, of the 3×3 conv (`width`), and out (`width × EXPANSION`).
+    pub in_c: usize,
+    pub width: usize,
+    pub out_c: usize,
+    /// Stride of the block (torchvision v1.5 puts it on the 3×3 conv and the downsample).
+    pub stride: usize,
+    /// The first block of each stage has a downsample branch (1×1 conv + BatchNorm).
+    pub downsample: bool,
+}
+
+/// ResNet50's 16 bottleneck blocks, in order.
+pub fn blocks() -> Vec<BlockSpec> {
+    let mut out = Vec::new();
+    let mut in_c = 64;
+    for (layer, count, width, stride) in STAGES {
+        for b in 0..count {
+            let out_c = width * EXPANSION;
+            out.push(BlockSpec {
+                prefix: format!("{layer}.{b}"),
+                in_c,
+                width,
+                out_c,
+                stride: if b == 0 { stride } else { 1 },
+                downsample: b == 0,
+            });
+            in_c = out_c;
+        }
+    }
+    out
+}
 pub const NUM_CLASSES: usize = 1000;
 
 /// What a tensor is, which decides how random weights are drawn for it.
@@ -68,22 +103,24 @@ fn bn(specs: &mut Vec<TensorSpec>, prefix: &str, c: usize) {
 pub fn resnet50_specs() -> Vec<TensorSpec> {
     let mut specs = vec![conv("conv1.weight".into(), 64, 3, 7)];
     bn(&mut specs, "bn1", 64);
-    let mut in_c = 64;
-    for (layer, blocks, width, _) in STAGES {
-        for b in 0..blocks {
-            let p = format!("{layer}.{b}");
-            let out_c = width * EXPANSION;
-            specs.push(conv(format!("{p}.conv1.weight"), width, in_c, 1));
-            bn(&mut specs, &format!("{p}.bn1"), width);
-            specs.push(conv(format!("{p}.conv2.weight"), width, width, 3));
-            bn(&mut specs, &format!("{p}.bn2"), width);
-            specs.push(conv(format!("{p}.conv3.weight"), out_c, width, 1));
-            bn(&mut specs, &format!("{p}.bn3"), out_c);
-            if b == 0 {
-                specs.push(conv(format!("{p}.downsample.0.weight"), out_c, in_c, 1));
-                bn(&mut specs, &format!("{p}.downsample.1"), out_c);
-            }
-            in_c = out_c;
+    for BlockSpec {
+        prefix: p,
+        in_c,
+        width,
+        out_c,
+        downsample,
+        ..
+    } in blocks()
+    {
+        specs.push(conv(format!("{p}.conv1.weight"), width, in_c, 1));
+        bn(&mut specs, &format!("{p}.bn1"), width);
+        specs.push(conv(format!("{p}.conv2.weight"), width, width, 3));
+        bn(&mut specs, &format!("{p}.bn2"), width);
+        specs.push(conv(format!("{p}.conv3.weight"), out_c, width, 1));
+        bn(&mut specs, &format!("{p}.bn3"), out_c);
+        if downsample {
+            specs.push(conv(format!("{p}.downsample.0.weight"), out_c, in_c, 1));
+            bn(&mut specs, &format!("{p}.downsample.1"), out_c);
         }
     }
     specs.push(TensorSpec {
