@@ -278,27 +278,33 @@ mod tests {
         }
     }
 
+    /// An engine over a `Recorder` that takes `delay_ms` per batch; returns it and the batch log.
+    fn recording_engine(
+        delay_ms: u64,
+        max_batch: usize,
+        max_queue: usize,
+    ) -> (Arc<Engine>, Arc<Mutex<Vec<usize>>>) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let model = Recorder {
+            batches: batches.clone(),
+            delay: Duration::from_millis(delay_ms),
+        };
+        let cfg = EngineConfig {
+            max_batch,
+            max_queue,
+            queue_timeout: Duration::from_secs(10),
+        };
+        let engine = Engine::start(Box::new(model), cfg, Arc::new(Metrics::new()));
+        (Arc::new(engine), batches)
+    }
+
     fn image(tag: f32) -> Vec<f32> {
         vec![tag; INPUT_LEN]
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn batches_what_waits_and_routes_each_answer_back() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let model = Recorder {
-            batches: batches.clone(),
-            delay: Duration::from_millis(100),
-        };
-        let cfg = EngineConfig {
-            max_batch: 4,
-            max_queue: 16,
-            queue_timeout: Duration::from_secs(10),
-        };
-        let engine = Arc::new(Engine::start(
-            Box::new(model),
-            cfg,
-            Arc::new(Metrics::new()),
-        ));
+        let (engine, batches) = recording_engine(100, 4, 16);
         let tasks: Vec<_> = (0..9)
             .map(|i| {
                 let e = engine.clone();
@@ -321,20 +327,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn full_queue_is_refused_not_queued() {
-        let model = Recorder {
-            batches: Default::default(),
-            delay: Duration::from_millis(300),
-        };
-        let cfg = EngineConfig {
-            max_batch: 1,
-            max_queue: 1,
-            queue_timeout: Duration::from_secs(10),
-        };
-        let engine = Arc::new(Engine::start(
-            Box::new(model),
-            cfg,
-            Arc::new(Metrics::new()),
-        ));
+        let (engine, _) = recording_engine(300, 1, 1);
         let tasks: Vec<_> = (0..6)
             .map(|i| {
                 let e = engine.clone();
@@ -356,16 +349,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn admission_is_bounded_and_places_come_back() {
-        let model = Recorder {
-            batches: Default::default(),
-            delay: Duration::from_millis(10),
-        };
-        let cfg = EngineConfig {
-            max_batch: 1,
-            max_queue: 2,
-            queue_timeout: Duration::from_secs(10),
-        };
-        let engine = Engine::start(Box::new(model), cfg, Arc::new(Metrics::new()));
+        let (engine, _) = recording_engine(10, 1, 2);
         let a = engine.admit().unwrap();
         let b = engine.admit().unwrap();
         // Two requests still reading their bodies fill the queue: the third is refused at once.
