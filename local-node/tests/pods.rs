@@ -475,14 +475,7 @@ async fn deployment_rolls_out_scales_and_cleans_up() {
     .await;
 
     // rollout: a template change replaces both pods
-    let old: Vec<i32> = pods
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(pid)
-        .collect();
+    let old = pids(&pods).await;
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {"rollout": "2"}}}}});
     deploys
         .patch("infer", &PatchParams::default(), &Patch::Merge(patch))
@@ -502,14 +495,7 @@ async fn deployment_rolls_out_scales_and_cleans_up() {
     eprintln!("rollout done after {:.1}s", t1.elapsed().as_secs_f32());
 
     // scale down: one process goes away
-    let before: Vec<i32> = pods
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(pid)
-        .collect();
+    let before = pids(&pods).await;
     deploys
         .patch(
             "infer",
@@ -532,14 +518,7 @@ async fn deployment_rolls_out_scales_and_cleans_up() {
     .await;
 
     // delete: no process of this namespace is left
-    let last: Vec<i32> = pods
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(pid)
-        .collect();
+    let last = pids(&pods).await;
     let dp = DeleteParams {
         propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
         ..Default::default()

@@ -122,6 +122,17 @@ pub fn pid(p: &Pod) -> i32 {
     id.strip_prefix("local://").unwrap().parse().unwrap()
 }
 
+/// The pids of every pod `pods` lists.
+pub async fn pids(pods: &Api<Pod>) -> Vec<i32> {
+    pods.list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(pid)
+        .collect()
+}
+
 pub fn alive(pid: i32) -> bool {
     // a zombie is as good as gone
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
