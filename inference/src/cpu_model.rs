@@ -115,13 +115,8 @@ fn fused(terms: &[Term], dst: &mut [f32], accumulate: bool, bias: &[f32], relu: 
     let (m, cout) = (n * ho * wo, first.conv.cout);
     for t in terms {
         let (n, h, w) = t.dims;
-        assert_eq!(
-            (
-                n * t.conv.out_size(h, w).0 * t.conv.out_size(h, w).1,
-                t.conv.cout
-            ),
-            (m, cout)
-        );
+        let (ho, wo) = t.conv.out_size(h, w);
+        assert_eq!((n * ho * wo, t.conv.cout), (m, cout));
         assert!(t.src.len() >= n * h * w * t.conv.cin);
     }
     assert!(dst.len() >= m * cout && bias.len() == cout);
@@ -379,7 +374,7 @@ impl CpuResNet50 {
 }
 
 /// `v[..len]`, growing `v` when it is shorter. Contents are whatever was there: callers overwrite.
-fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len {
         v.resize(len, 0.0);
     }

@@ -13,6 +13,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::cpu_model::grow;
+
 /// Positions of the 4×4 transformed tile.
 const P: usize = 16;
 
@@ -118,25 +120,18 @@ impl Winograd3x3 {
                 let count = range.len();
                 BLOCK_SCRATCH.with(|scratch| {
                     let (v, m) = &mut *scratch.borrow_mut();
-                    grow(v, count * P * cin);
-                    grow(m, count * P * cout);
-                    input_tiles(src, &geo, range.clone(), &mut v[..count * P * cin]);
-                    self.gemms(
-                        &v[..count * P * cin],
-                        &mut m[..count * P * cout],
-                        count,
-                        false,
-                    );
-                    output_tiles(&m[..count * P * cout], &geo, range, &out, bias, relu);
+                    let v = grow(v, count * P * cin);
+                    let m = grow(m, count * P * cout);
+                    input_tiles(src, &geo, range.clone(), v);
+                    self.gemms(v, m, count, false);
+                    output_tiles(m, &geo, range, &out, bias, relu);
                 });
             });
             return;
         }
 
-        grow(v, tiles * P * cin);
-        grow(m, tiles * P * cout);
-        let v = &mut v[..tiles * P * cin];
-        let m = &mut m[..tiles * P * cout];
+        let v = grow(v, tiles * P * cin);
+        let m = grow(m, tiles * P * cout);
         v.par_chunks_mut(TASK_TILES * P * cin)
             .enumerate()
             .for_each(|(c, vb)| {
@@ -286,12 +281,6 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: used only to hand disjoint regions of one buffer to rayon tasks (see the GEMM loop).
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
-
-fn grow(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-}
 
 /// `out[p·cin + c] = (Bᵀ d B)[p]` for each channel c; `d[k]` is the input at (k / 4, k % 4).
 fn input_tile(d: &[&[f32]; P], out: &mut [f32], cin: usize) {
