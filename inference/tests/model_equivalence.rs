@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{Device, Module, Tensor};
-use inference_server::model::{self, INPUT_LEN, Model, ResNet50};
+use inference_server::model::{self, INPUT_LEN, Model};
 use inference_server::weights;
 
 /// Deterministic pseudo-random inputs in the range of normalised images (about -2.1 .. 2.6).
@@ -59,16 +59,6 @@ fn assert_matches_stock(w: &weights::Weights, ours: &Model, n: usize, seed: u32)
     );
 }
 
-fn both_models(w: &weights::Weights) -> [Model; 2] {
-    [
-        Model::new(w, &Device::Cpu).unwrap(),
-        Model::Candle {
-            net: ResNet50::new(w).unwrap(),
-            device: Device::Cpu,
-        },
-    ]
-}
-
 #[test]
 fn cpu_model_matches_stock_candle_resnet50() {
     let w = weights::load(common::weights(), &Device::Cpu).unwrap();
@@ -82,14 +72,14 @@ fn cpu_model_matches_stock_candle_resnet50() {
 #[test]
 fn folded_candle_model_matches_stock_candle_resnet50() {
     let w = weights::load(common::weights(), &Device::Cpu).unwrap();
-    let [_, candle] = both_models(&w);
+    let [_, candle] = common::both_models(&w);
     assert_matches_stock(&w, &candle, 2, 1);
 }
 
 #[test]
 fn batching_does_not_change_answers() {
     let w = weights::load(common::weights(), &Device::Cpu).unwrap();
-    for ours in both_models(&w) {
+    for ours in common::both_models(&w) {
         let (x1, x2) = (inputs(1, 7), inputs(1, 9));
         let batch = ours
             .forward_flat([x1.clone(), x2.clone()].concat(), 2)

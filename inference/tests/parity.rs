@@ -39,19 +39,6 @@ fn model() -> Model {
     model
 }
 
-/// Both f32 implementations the server can run: the CPU network, and the candle network (which
-/// GPUs run; here on the CPU, as no GPU is present).
-fn models() -> Vec<Model> {
-    let w = checked_weights();
-    vec![
-        Model::new(&w, &Device::Cpu).unwrap(),
-        Model::Candle {
-            net: ResNet50::new(&w).unwrap(),
-            device: Device::Cpu,
-        },
-    ]
-}
-
 fn checked_weights() -> weights::Weights {
     let fx = fixture();
     let path = common::weights();
@@ -125,7 +112,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn bytes_to_logits_matches_torchvision() {
     let fx = fixture();
-    let models = models();
+    let models = common::both_models(&checked_weights());
     let positions = fx["sample_positions"].as_array().unwrap();
     let mut report = Vec::new();
     for case in cases() {

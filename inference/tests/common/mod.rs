@@ -7,6 +7,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Both f32 networks the server can run, on the CPU: the CPU network (what CPUs serve) and the
+/// candle network (what GPUs serve; here on the CPU, as no GPU is present).
+pub fn both_models(w: &inference_server::weights::Weights) -> [inference_server::model::Model; 2] {
+    use candle_core::Device;
+    use inference_server::model::{Model, ResNet50};
+    [
+        Model::new(w, &Device::Cpu).unwrap(),
+        Model::Candle {
+            net: ResNet50::new(w).unwrap(),
+            device: Device::Cpu,
+        },
+    ]
+}
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_inference-server");
 pub const SEED: u64 = 42;
 
