@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Source this to build the `cuda` feature on a machine without a CUDA toolkit: installs nvcc and
-# the CUDA 13.4 runtime/cuBLAS/cuRAND from PyPI's split wheels into ~/.cache (once), and sets
-# PATH / CUDA_COMPUTE_CAP / library paths. 13.4: cudarc 0.19 knows CUDA versions up to 13.4.
+# the CUDA runtime/cuBLAS/cuRAND from PyPI's split wheels into ~/.cache (once), and sets
+# PATH / CUDA_COMPUTE_CAP / library paths.
+# CUDA_TOOLKIT_VERSION (default 13.0) sets the oldest driver the binary runs on: candle's kernels
+# ship as PTX, and a driver refuses PTX newer than itself (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+# 13.0's PTX (ISA 9.0) loads on driver 580 and later, which is what current EKS GPU AMIs carry;
+# a 13.4 build (ISA 9.4) needs driver 590 or later. cudarc 0.19 knows 13.0 to 13.4.
 #   source tools/cuda-env.sh && cargo build --release -p inference-server --features cuda
 # CUDA_COMPUTE_CAP defaults to 80: plain compute_80 PTX, which the driver JITs on sm_86/89/90/100
 # (90 and above would produce arch-specific "a" PTX that runs on that arch only).
-cuda_root=${CUDA_WHEELS_DIR:-$HOME/.cache/inference-cuda/13.4}
+cuda_ver=${CUDA_TOOLKIT_VERSION:-13.0}
+cuda_root=${CUDA_WHEELS_DIR:-$HOME/.cache/inference-cuda/$cuda_ver}
 if [ ! -x "$cuda_root/nvidia/cu13/bin/nvcc" ]; then
   python3 -m pip install -q --target "$cuda_root" \
-    "nvidia-cuda-nvcc==13.4.*" "nvidia-cuda-runtime==13.4.*" "nvidia-cuda-crt==13.4.*" \
-    "nvidia-nvvm==13.4.*" "nvidia-cuda-cccl" "nvidia-cuda-nvrtc==13.4.*" \
+    "nvidia-cuda-nvcc==$cuda_ver.*" "nvidia-cuda-runtime==$cuda_ver.*" "nvidia-cuda-crt==$cuda_ver.*" \
+    "nvidia-nvvm==$cuda_ver.*" "nvidia-cuda-cccl==$cuda_ver.*" "nvidia-cuda-nvrtc==$cuda_ver.*" \
     "nvidia-curand" "nvidia-cublas" || return 1
 fi
 cu=$cuda_root/nvidia/cu13
@@ -33,6 +38,6 @@ fi
 export PATH=$cu/bin:$PATH
 export CUDA_HOME=$cu CUDA_PATH=$cu
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
-export CUDARC_CUDA_VERSION=13040
+export CUDARC_CUDA_VERSION=$(printf '%d%02d0' "${cuda_ver%%.*}" "${cuda_ver#*.}")
 export LIBRARY_PATH=$stubs:$cu/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
 export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined -C link-arg=-Wl,--unresolved-symbols=ignore-in-shared-libs"

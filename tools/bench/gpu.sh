@@ -6,7 +6,8 @@
 # build) on --device cuda at batch 1/8/32: our model (the server's GPU path, f16), the same network
 # in f32 (candle-folded) and candle-transformers' stock resnet50 (f32),
 # and prints median/p90 latency and img/s. Input and logits stay on the GPU; each timed forward
-# ends with a device synchronize.
+# ends with a device synchronize. Then tools/bench/gpu_server.py runs the server on the GPU:
+# torchvision parity over HTTP (exits non-zero when it fails) and img/s at BENCH_CONC.
 #
 #   tools/bench/gpu.sh                     # build if needed, then benchmark
 #   BENCH_QUICK=1 tools/bench/gpu.sh       # 2 warm-up + 10 runs (default 5 + 50)
@@ -44,7 +45,7 @@ fi
 # Run time: candle links libcudart/libcublas/libcurand/libnvrtc by soname; where they are not
 # installed system-wide, take them from the wheels tools/cuda-env.sh installed (never its stub
 # libcuda: the driver's real libcuda.so.1 must be the one loaded).
-cuda_lib=${CUDA_WHEELS_DIR:-$HOME/.cache/inference-cuda/13.4}/nvidia/cu13/lib
+cuda_lib=${CUDA_WHEELS_DIR:-$HOME/.cache/inference-cuda/${CUDA_TOOLKIT_VERSION:-13.0}}/nvidia/cu13/lib
 if [[ -d $cuda_lib ]]; then
   export LD_LIBRARY_PATH=$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
@@ -66,4 +67,11 @@ fi
 echo
 # report.py needs only the Python standard library.
 python3 tools/bench/report.py "$OUT/forward-gpu.jsonl" | tee "$OUT/report.txt"
+echo
+# The server itself on the GPU: torchvision parity over HTTP, then img/s with oha (skipped
+# where oha is not installed: `cargo install oha`).
+conc=${BENCH_CONC:-1,8,32,64}
+command -v oha >/dev/null || [[ -x $HOME/.cargo/bin/oha ]] || { echo "(no oha: HTTP throughput skipped)"; conc=; }
+python3 tools/bench/gpu_server.py --server-bin "$SERVER" --weights "$WEIGHTS" --conc "$conc" \
+  --duration "${BENCH_DURATION:-10}" --logs "$OUT/server" | tee -a "$OUT/report.txt"
 echo "(results in $OUT)"
