@@ -40,6 +40,10 @@ struct Args {
     /// CUDA), `candle-folded`, `candle-stock` (candle-transformers resnet50).
     #[arg(long, default_value = "ours,candle-stock", value_delimiter = ',')]
     backends: Vec<String>,
+    /// Idle pause before each timed run, in ms: requests that arrive one at a time find the
+    /// thread pool asleep and the caches cold; 0 = back to back.
+    #[arg(long, default_value_t = 0.0)]
+    gap_ms: f64,
     /// `cpu` or `cuda` (GPU 0; `cuda:N` for another ordinal).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -81,6 +85,7 @@ fn time_ms(
     dev: &Device,
     warmup: usize,
     runs: usize,
+    gap_ms: f64,
 ) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         let _y = f(x)?;
@@ -88,6 +93,9 @@ fn time_ms(
     }
     let mut ts = Vec::with_capacity(runs);
     for _ in 0..runs {
+        if gap_ms > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(gap_ms / 1e3));
+        }
         let t0 = Instant::now();
         let y = f(x)?;
         dev.synchronize()?;
@@ -146,7 +154,7 @@ fn main() -> Result<()> {
         };
         for &b in &args.batches {
             let x = input(b, &dev)?;
-            let ts = time_ms(&*f, &x, &dev, args.warmup, args.runs)?;
+            let ts = time_ms(&*f, &x, &dev, args.warmup, args.runs, args.gap_ms)?;
             let mut s = ts.clone();
             s.sort_by(|a, b| a.total_cmp(b));
             let n = s.len();

@@ -4,8 +4,8 @@
 //! weight repacking, layout copies, separate bias/ReLU passes). Here:
 //! - activations are NHWC end to end, so a 1×1 stride-1 convolution is one GEMM straight on the
 //!   activation and a k×k one a GEMM over im2col rows built from contiguous channel runs;
-//! - BatchNorm is folded at load (the same f64 fold as `model`), weights are laid out once as
-//!   (kh·kw·cin, cout) row-major;
+//! - BatchNorm is folded at load (the same f64 fold as `model`), and the weights, as a
+//!   (kh·kw·cin, cout) matrix, are packed once in the order the micro-kernel reads them;
 //! - each convolution call cuts its output into blocks, one or more per pool thread (`fused`):
 //!   a thread builds only its block's im2col rows, runs one single-threaded GEMM per term and
 //!   applies bias (+ residual, which is the GEMM's destination) + ReLU while the block is in
@@ -13,27 +13,29 @@
 //! - the 3×3 stride-1 convolutions run as Winograd F(2×2, 3×3) (`winograd`);
 //! - buffers live between calls (fresh multi-megabyte allocations page-fault on every forward).
 //!
-//! The GEMM is the `gemm` crate candle itself uses, with its AVX-512 kernels enabled (`x86-v4`);
-//! it picks the kernel by CPU feature at run time, so one binary runs on any x86-64.
+//! The GEMM is `packed_gemm`: weights pre-packed, bias + ReLU (+ residual) applied in registers,
+//! AVX-512 or AVX2 kernels picked by CPU feature at run time, so one binary runs on any x86-64.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::model::{INPUT_SIZE, folded_conv};
+use crate::packed_gemm::{self, Epilogue, Isa, PackedB};
 use crate::weights::{self, Weights};
 use crate::winograd::{SendPtr, Winograd3x3};
 
-/// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) row-major matrix.
+/// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) matrix packed for the
+/// micro-kernel.
 struct Conv {
     k: usize,
     stride: usize,
     pad: usize,
     cin: usize,
     cout: usize,
-    w: Vec<f32>,
+    /// Empty for Winograd convolutions (they keep only their transformed filters).
+    w: Option<PackedB>,
     b: Vec<f32>,
     /// Set for 3×3 stride-1 convolutions: they run as Winograd F(2×2, 3×3).
     winograd: Option<Winograd3x3>,
@@ -48,6 +50,9 @@ impl Conv {
         let b = bias.flatten_all()?.to_vec1()?;
         let winograd = (k == 3 && stride == 1 && pad == 1 && winograd_enabled())
             .then(|| Winograd3x3::new(&w, cin, cout));
+        let w = winograd
+            .is_none()
+            .then(|| PackedB::new(&w, k * k * cin, cout, cout));
         Ok(Self {
             k,
             stride,
@@ -127,22 +132,35 @@ fn fused(terms: &[Term], dst: &mut [f32], accumulate: bool, bias: &[f32], relu: 
         .max();
     let blocks = output_blocks(m, cout, im2col_k, rayon::current_num_threads());
     let out = SendPtr(dst.as_mut_ptr());
+    let isa = Isa::detect();
     blocks.par_iter().for_each(|&(r0, rows, c0, cols)| {
         let out = &out;
         for (j, t) in terms.iter().enumerate() {
             let c = t.conv;
+            let w =
+                c.w.as_ref()
+                    .expect("fused convolutions have packed weights");
             let kk = c.k * c.k * c.cin;
             let acc = accumulate || j > 0;
-            if c.direct() {
-                gemm_block(
-                    out.0,
-                    cout,
-                    (r0, rows, c0, cols),
-                    &t.src[r0 * kk..],
+            // Bias and ReLU ride on the last product into the block.
+            let epilogue = (j + 1 == terms.len()).then_some(Epilogue { bias, relu });
+            // SAFETY: the block lies inside `dst` (asserted above) and blocks are disjoint.
+            let gemm = |a: &[f32]| unsafe {
+                packed_gemm::gemm(
+                    isa,
+                    a,
                     kk,
-                    &c.w,
+                    rows,
+                    w,
+                    c0..c0 + cols,
+                    out.0.add(r0 * cout),
+                    cout,
                     acc,
-                );
+                    epilogue,
+                )
+            };
+            if c.direct() {
+                gemm(&t.src[r0 * kk..]);
             } else {
                 COL.with(|col| {
                     let mut col = col.borrow_mut();
@@ -155,14 +173,9 @@ fn fused(terms: &[Term], dst: &mut [f32], accumulate: bool, bias: &[f32], relu: 
                         r0..r0 + rows,
                         col,
                     );
-                    gemm_block(out.0, cout, (r0, rows, c0, cols), col, kk, &c.w, acc);
+                    gemm(col);
                 });
             }
-        }
-        for r in r0..r0 + rows {
-            // SAFETY: the block lies inside `dst` (asserted above) and blocks are disjoint.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cout + c0), cols) };
-            bias_act_row(row, &bias[c0..c0 + cols], relu);
         }
     });
 }
@@ -207,7 +220,7 @@ fn winograd_enabled() -> bool {
 pub struct CpuResNet50 {
     stem: Conv,
     blocks: Vec<Bottleneck>,
-    fc_w: Vec<f32>, // (2048, classes) row-major
+    fc_w: PackedB, // (2048, classes)
     fc_b: Vec<f32>,
     workspace: Mutex<Workspace>,
 }
@@ -239,8 +252,9 @@ impl CpuResNet50 {
                 out_bias,
             });
         }
-        let fc_w = w.tensors["fc.weight"].t()?.flatten_all()?.to_vec1()?;
-        let fc_b = w.tensors["fc.bias"].to_vec1()?;
+        let fc_b: Vec<f32> = w.tensors["fc.bias"].to_vec1()?;
+        let fc_t: Vec<f32> = w.tensors["fc.weight"].t()?.flatten_all()?.to_vec1()?;
+        let fc_w = PackedB::new(&fc_t, fc_t.len() / fc_b.len(), fc_b.len(), fc_b.len());
         Ok(Self {
             stem,
             blocks,
@@ -320,18 +334,25 @@ impl CpuResNet50 {
         }
         let classes = self.fc_b.len();
         let mut logits = vec![0f32; n * classes];
-        gemm_block(
-            logits.as_mut_ptr(),
-            classes,
-            (0, n, 0, classes),
-            &pooled,
-            c,
-            &self.fc_w,
-            false,
-        );
-        for row in logits.chunks_exact_mut(classes) {
-            bias_act_row(row, &self.fc_b, false);
-        }
+        let bias = Epilogue {
+            bias: &self.fc_b,
+            relu: false,
+        };
+        // SAFETY: `logits` is n × classes and only this call touches it.
+        unsafe {
+            packed_gemm::gemm(
+                Isa::detect(),
+                &pooled,
+                c,
+                n,
+                &self.fc_w,
+                0..classes,
+                logits.as_mut_ptr(),
+                classes,
+                false,
+                Some(bias),
+            )
+        };
         logits
     }
 
@@ -381,92 +402,43 @@ pub(crate) fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// Block (r0, rows, c0, cols) of a row-major `dst` with `n` columns `(+)=` rows r0.. of `a`
-/// (row stride `k`, starting at `a[0]`) times columns c0.. of `b` (k × n, row-major).
-/// Single-threaded: callers run blocks side by side.
-fn gemm_block(
-    dst: *mut f32,
-    n: usize,
-    (r0, rows, c0, cols): (usize, usize, usize, usize),
-    a: &[f32],
-    k: usize,
-    b: &[f32],
-    acc: bool,
-) {
-    assert!(a.len() >= (rows - 1) * k + k && b.len() >= k * n && c0 + cols <= n);
-    // SAFETY: `a` and `b` bounds are asserted; the caller guarantees `dst` holds the block and
-    // that no other task writes it.
-    unsafe {
-        gemm::gemm(
-            rows,
-            cols,
-            k,
-            dst.add(r0 * n + c0),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr().add(c0),
-            1,
-            n as isize,
-            if acc { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 /// Bytes of im2col rows one block may hold (per thread, in L2 with the weights' panel).
 const COL_BLOCK_BYTES: usize = 512 << 10;
 
 /// (first row, rows, first column, columns) of the blocks an m × n output is computed in.
 /// Many rows: row blocks, at least one per thread and a multiple of the thread count; when the
 /// rows are built by im2col (`im2col_k` = its row length), small enough for their im2col rows to
-/// stay in cache, but not below 2n rows (each block re-packs the k × n weights). Few rows: one
-/// column block per thread.
+/// stay in cache, but not below 2n rows (each block streams the k × n weights again). Few rows:
+/// one column block per thread.
 fn output_blocks(
     m: usize,
     n: usize,
     im2col_k: Option<usize>,
     parts: usize,
 ) -> Vec<(usize, usize, usize, usize)> {
-    // Multiples of 16 rows or columns keep the blocks aligned with the micro-kernel's tiles.
     const ALIGN: usize = 16;
+    // Row blocks in whole micro-kernel tiles (12 rows; AVX2's are 6).
+    const ROW_ALIGN: usize = 12;
     let parts = parts.max(1);
     // Rows when there are more output rows than weight columns; otherwise columns, so that each
-    // thread reads (and the GEMM packs) only its share of the weights.
+    // thread reads only its share of the weights.
     if m >= 4 * ALIGN * parts && (m >= n || parts == 1) {
         let cap = im2col_k.map_or(m, |k| (COL_BLOCK_BYTES / (4 * k)).max(2 * n).max(4 * ALIGN));
         let count = m.div_ceil(cap).max(parts).next_multiple_of(parts);
-        let step = m.div_ceil(count).next_multiple_of(ALIGN);
+        let step = m.div_ceil(count).next_multiple_of(ROW_ALIGN);
         (0..m)
             .step_by(step)
             .map(|r| (r, step.min(m - r), 0, n))
             .collect()
     } else if parts > 1 && m * n >= 64 * 64 {
-        let step = n.div_ceil(parts).next_multiple_of(ALIGN);
+        // Column blocks start on packed panels.
+        let step = n.div_ceil(parts).next_multiple_of(packed_gemm::NR);
         (0..n)
             .step_by(step)
             .map(|c| (0, m, c, step.min(n - c)))
             .collect()
     } else {
         vec![(0, m, 0, n)]
-    }
-}
-
-/// `row = act(row + bias)`.
-fn bias_act_row(row: &mut [f32], bias: &[f32], relu: bool) {
-    if relu {
-        row.iter_mut()
-            .zip(bias)
-            .for_each(|(v, b)| *v = (*v + b).max(0.0));
-    } else {
-        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
     }
 }
 
@@ -572,6 +544,10 @@ mod tests {
                 "{m}x{n}: {blocks:?}"
             );
             for (r0, rows, c0, cols) in blocks {
+                // Column blocks start and end on packed panels.
+                if n % packed_gemm::NR == 0 {
+                    assert!(c0 % packed_gemm::NR == 0 && cols % packed_gemm::NR == 0);
+                }
                 for r in r0..r0 + rows {
                     for c in c0..c0 + cols {
                         seen[r * n + c] += 1;

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod labels;
 pub mod metrics;
 pub mod model;
+pub mod packed_gemm;
 pub mod preprocess;
 pub mod server;
 pub mod state;

@@ -6,14 +6,16 @@
 //! GEMM work of these convolutions 2.25×, for additions-only transforms (F(2,3)'s matrices hold
 //! only 0, ±1 and ½, so rounding stays at the level of a plain convolution).
 //!
-//! Layouts: filters U as 16 × (cin × cout) matrices, transformed once at load (in f64). Per call,
-//! V is (tiles, 16, cin) and M is (tiles, 16, cout), so each tile's transform reads or writes one
-//! contiguous block and each GEMM sees a strided matrix (row stride 16·cin or 16·cout).
+//! Layouts: filters U as 16 × (cin × cout) matrices, transformed once at load (in f64) and packed
+//! for the micro-kernel. Per call, V is (16, tiles, cin) and M is (16, tiles, cout): each GEMM
+//! reads and writes dense row-major matrices. (With V as (tiles, 16, cin), as before, the GEMM's
+//! rows were 16·cin floats apart: 4 KiB at cin = 64, so the micro-kernel's 12 rows all fell in
+//! one L1 set.) A tile's transform writes or reads 16 runs of cin or cout floats.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu_model::grow;
+use crate::packed_gemm::{self, Isa, PackedB};
 
 /// Positions of the 4×4 transformed tile.
 const P: usize = 16;
@@ -21,8 +23,8 @@ const P: usize = 16;
 pub struct Winograd3x3 {
     cin: usize,
     cout: usize,
-    /// P matrices of (cin × cout), row-major.
-    u: Vec<f32>,
+    /// P matrices of (cin × cout), packed for the micro-kernel.
+    u: Vec<PackedB>,
     /// Forces a schedule (tests); `None` picks one per call.
     schedule: Option<Schedule>,
 }
@@ -60,6 +62,10 @@ impl Winograd3x3 {
                 }
             }
         }
+        let u = u
+            .chunks_exact(cin * cout)
+            .map(|up| PackedB::new(up, cin, cout, cout))
+            .collect();
         Self {
             cin,
             cout,
@@ -120,30 +126,43 @@ impl Winograd3x3 {
                 let count = range.len();
                 BLOCK_SCRATCH.with(|scratch| {
                     let (v, m) = &mut *scratch.borrow_mut();
-                    let v = grow(v, count * P * cin);
-                    let m = grow(m, count * P * cout);
-                    input_tiles(src, &geo, range.clone(), v);
+                    let v = grow(v, P * stride(count, cin));
+                    let m = grow(m, P * stride(count, cout));
+                    let vp = SendPtr(v.as_mut_ptr());
+                    // SAFETY: `v` holds P × count rows of cin; rows 0..count are written.
+                    unsafe { input_tiles(src, &geo, range.clone(), &vp, (count, 0)) };
                     self.gemms(v, m, count, false);
-                    output_tiles(m, &geo, range, &out, bias, relu);
+                    output_tiles(m, &geo, range, (count, 0), &out, bias, relu);
                 });
             });
             return;
         }
 
-        let v = grow(v, tiles * P * cin);
-        let m = grow(m, tiles * P * cout);
-        v.par_chunks_mut(TASK_TILES * P * cin)
-            .enumerate()
-            .for_each(|(c, vb)| {
-                let t0 = c * TASK_TILES;
-                input_tiles(src, &geo, t0..t0 + vb.len() / (P * cin), vb);
+        let v = grow(v, P * stride(tiles, cin));
+        let m = grow(m, P * stride(tiles, cout));
+        let vp = SendPtr(v.as_mut_ptr());
+        (0..tiles.div_ceil(TASK_TILES))
+            .into_par_iter()
+            .for_each(|c| {
+                let range = c * TASK_TILES..((c + 1) * TASK_TILES).min(tiles);
+                // SAFETY: `v` holds P × tiles rows; each task writes the rows of its own tiles.
+                unsafe { input_tiles(src, &geo, range.clone(), &vp, (tiles, range.start)) };
             });
         self.gemms(v, m, tiles, true);
-        m.par_chunks(TASK_TILES * P * cout)
-            .enumerate()
-            .for_each(|(c, mb)| {
-                let t0 = c * TASK_TILES;
-                output_tiles(mb, &geo, t0..t0 + mb.len() / (P * cout), &out, bias, relu);
+        let m = &*m;
+        (0..tiles.div_ceil(TASK_TILES))
+            .into_par_iter()
+            .for_each(|c| {
+                let range = c * TASK_TILES..((c + 1) * TASK_TILES).min(tiles);
+                output_tiles(
+                    m,
+                    &geo,
+                    range.clone(),
+                    (tiles, range.start),
+                    &out,
+                    bias,
+                    relu,
+                );
             });
     }
 
@@ -156,38 +175,26 @@ impl Winograd3x3 {
     /// with `parallel` they run side by side (both cores busy even when `tiles` is small).
     fn gemms(&self, v: &[f32], m: &mut [f32], tiles: usize, parallel: bool) {
         let (cin, cout) = (self.cin, self.cout);
-        assert!(v.len() >= tiles * P * cin && m.len() >= tiles * P * cout);
-        let (vp, mp, up) = (
-            SendPtr(v.as_ptr() as *mut f32),
-            SendPtr(m.as_mut_ptr()),
-            SendPtr(self.u.as_ptr() as *mut f32),
-        );
+        let (vs, ms) = (stride(tiles, cin), stride(tiles, cout));
+        assert!(v.len() >= P * vs && m.len() >= P * ms);
+        let mp = SendPtr(m.as_mut_ptr());
+        let isa = Isa::detect();
         let one = |p: usize| {
-            let (vp, mp, up) = (&vp, &mp, &up);
-            // SAFETY: `v` holds tiles × P × cin values and `m` tiles × P × cout (asserted above),
-            // `u` P × cin × cout; GEMM p reads column block p of V and writes column block p of
-            // M, so the P calls write disjoint elements of `m`.
+            let mp = &mp;
+            // SAFETY: `m` holds P × tiles × cout values (asserted above); GEMM p writes only
+            // matrix p, so the P calls write disjoint elements of `m`.
             unsafe {
-                gemm::gemm(
-                    tiles,
-                    cout,
+                packed_gemm::gemm(
+                    isa,
+                    &v[p * vs..],
                     cin,
-                    mp.0.add(p * cout),
-                    1,
-                    (P * cout) as isize,
+                    tiles,
+                    &self.u[p],
+                    0..cout,
+                    mp.0.add(p * ms),
+                    cout,
                     false,
-                    vp.0.add(p * cin),
-                    1,
-                    (P * cin) as isize,
-                    up.0.add(p * cin * cout),
-                    1,
-                    cout as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
+                    None,
                 )
             }
         };
@@ -197,6 +204,13 @@ impl Winograd3x3 {
             (0..P).for_each(one);
         }
     }
+}
+
+/// Distance between two of the P matrices of V or M (rows × c each), in floats: one cache line
+/// more than the matrix. A tile's transform touches all P matrices at once, and at exact
+/// multiples of 4 KiB apart (rows × c often is) those 16 streams would share one L1 set.
+fn stride(rows: usize, c: usize) -> usize {
+    rows * c + 16
 }
 
 /// Cache budget of one block's V + M in the blocked schedule (per thread, L2-sized).
@@ -230,9 +244,20 @@ impl Geometry {
     }
 }
 
-/// Input transform of tiles `range` into `out` ((range.len(), P, cin)).
-fn input_tiles(src: &[f32], g: &Geometry, range: std::ops::Range<usize>, out: &mut [f32]) {
+/// Input transform of tiles `range` into V behind `v`, P matrices of (rows, cin) `stride` apart,
+/// tile `range.start` at row `first`.
+///
+/// # Safety
+/// `v` must hold P × stride(rows, cin) values, and no other thread may touch these tiles' rows.
+unsafe fn input_tiles(
+    src: &[f32],
+    g: &Geometry,
+    range: std::ops::Range<usize>,
+    v: &SendPtr,
+    (rows, first): (usize, usize),
+) {
     let (h, w, cin) = (g.h, g.w, g.cin);
+    assert!(first + range.len() <= rows);
     let zeros = vec![0f32; cin];
     for (k, t) in range.enumerate() {
         let (i, ty, tx) = g.tile(t);
@@ -246,21 +271,24 @@ fn input_tiles(src: &[f32], g: &Geometry, range: std::ops::Range<usize>, out: &m
                 &src[at..at + cin]
             }
         });
-        input_tile(&d, &mut out[k * P * cin..(k + 1) * P * cin], cin);
+        // SAFETY: row first + k of each of the P matrices, inside `v` (the caller's promise).
+        unsafe { input_tile(&d, v.0.add((first + k) * cin), stride(rows, cin), cin) };
     }
 }
 
-/// Output transform of tiles `range` (their products in `m`, (range.len(), P, cout)) into the
-/// NHWC output behind `out`.
+/// Output transform of tiles `range` (their products in M, (P, rows, cout), tile `range.start` at
+/// row `first`) into the NHWC output behind `out`.
 fn output_tiles(
     m: &[f32],
     g: &Geometry,
     range: std::ops::Range<usize>,
+    (rows, first): (usize, usize),
     out: &SendPtr,
     bias: &[f32],
     relu: bool,
 ) {
     let (h, w, cout) = (g.h, g.w, g.cout);
+    assert!(first + range.len() <= rows && m.len() >= P * stride(rows, cout));
     for (k, t) in range.enumerate() {
         let (i, ty, tx) = g.tile(t);
         let pixel = |a: usize, b: usize| {
@@ -273,7 +301,13 @@ fn output_tiles(
             })
         };
         let mut px = [pixel(0, 0), pixel(0, 1), pixel(1, 0), pixel(1, 1)];
-        output_tile(&m[k * P * cout..(k + 1) * P * cout], &mut px, bias, relu);
+        output_tile(
+            &m[(first + k) * cout..],
+            stride(rows, cout),
+            &mut px,
+            bias,
+            relu,
+        );
     }
 }
 
@@ -282,10 +316,16 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
-/// `out[p·cin + c] = (Bᵀ d B)[p]` for each channel c; `d[k]` is the input at (k / 4, k % 4).
-fn input_tile(d: &[&[f32]; P], out: &mut [f32], cin: usize) {
+/// `out[p·stride + c] = (Bᵀ d B)[p]` for each channel c; `d[k]` is the input at (k / 4, k % 4).
+///
+/// # Safety
+/// `out` must be valid for writes at p·stride + c for p < P, c < cin.
+unsafe fn input_tile(d: &[&[f32]; P], out: *mut f32, stride: usize, cin: usize) {
     let d: [&[f32]; P] = std::array::from_fn(|k| &d[k][..cin]);
-    let out = &mut out[..P * cin];
+    // SAFETY: the P runs of cin values the caller vouched for.
+    let run: [&mut [f32]; P] = std::array::from_fn(|p| unsafe {
+        std::slice::from_raw_parts_mut(out.add(p * stride), cin)
+    });
     // Columns of Bᵀ d first, then rows of (Bᵀ d) B, per channel; all additions.
     for c in 0..cin {
         let col = |j: usize| {
@@ -295,21 +335,28 @@ fn input_tile(d: &[&[f32]; P], out: &mut [f32], cin: usize) {
         let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
         for r in 0..4 {
             let (a, b, e, f) = (c0[r], c1[r], c2[r], c3[r]);
-            out[(r * 4) * cin + c] = a - e;
-            out[(r * 4 + 1) * cin + c] = b + e;
-            out[(r * 4 + 2) * cin + c] = e - b;
-            out[(r * 4 + 3) * cin + c] = b - f;
+            run[r * 4][c] = a - e;
+            run[r * 4 + 1][c] = b + e;
+            run[r * 4 + 2][c] = e - b;
+            run[r * 4 + 3][c] = b - f;
         }
     }
 }
 
-/// The 2×2 outputs of one tile from its P × cout block `t`, with bias and optional ReLU, into
-/// the output pixels that exist (`None` past the image edge), ordered (0,0), (0,1), (1,0), (1,1).
-fn output_tile(t: &[f32], px: &mut [Option<&mut [f32]>; 4], bias: &[f32], relu: bool) {
+/// The 2×2 outputs of one tile from its P products `t[p·stride..][..cout]`, with bias and
+/// optional ReLU, into the output pixels that exist (`None` past the image edge), ordered (0,0),
+/// (0,1), (1,0), (1,1).
+fn output_tile(
+    t: &[f32],
+    stride: usize,
+    px: &mut [Option<&mut [f32]>; 4],
+    bias: &[f32],
+    relu: bool,
+) {
     let cout = bias.len();
-    let t = &t[..P * cout];
+    let runs: [&[f32]; P] = std::array::from_fn(|p| &t[p * stride..p * stride + cout]);
     for c in 0..cout {
-        let mm = |p: usize| t[p * cout + c];
+        let mm = |p: usize| runs[p][c];
         // s = Aᵀ m: two rows of four.
         let s0: [f32; 4] = std::array::from_fn(|j| mm(j) + mm(4 + j) + mm(8 + j));
         let s1: [f32; 4] = std::array::from_fn(|j| mm(4 + j) - mm(8 + j) - mm(12 + j));
