@@ -10,7 +10,8 @@
 //!   a thread builds only its block's im2col rows, runs one single-threaded GEMM per term and
 //!   applies bias (+ residual, which is the GEMM's destination) + ReLU while the block is in
 //!   cache; a downsample block's two biases are summed at load;
-//! - the 3×3 stride-1 convolutions run as Winograd F(2×2, 3×3) (`winograd`);
+//! - the 3×3 stride-1 convolutions run as Winograd F(4×4, 3×3), or F(2×2, 3×3) on the 7×7 map
+//!   (`winograd`);
 //! - buffers live between calls (fresh multi-megabyte allocations page-fault on every forward).
 //!
 //! The GEMM is `packed_gemm`: weights pre-packed, bias + ReLU (+ residual) applied in registers,
@@ -24,7 +25,7 @@ use rayon::prelude::*;
 use crate::model::{INPUT_SIZE, folded_conv};
 use crate::packed_gemm::{self, Epilogue, Isa, PackedB};
 use crate::weights::{self, Weights};
-use crate::winograd::{SendPtr, Winograd3x3};
+use crate::winograd::{SendPtr, Tiling, Winograd3x3};
 
 /// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) matrix packed for the
 /// micro-kernel.
@@ -37,19 +38,28 @@ struct Conv {
     /// Empty for Winograd convolutions (they keep only their transformed filters).
     w: Option<PackedB>,
     b: Vec<f32>,
-    /// Set for 3×3 stride-1 convolutions: they run as Winograd F(2×2, 3×3).
+    /// Set for 3×3 stride-1 convolutions: they run as Winograd.
     winograd: Option<Winograd3x3>,
 }
 
 impl Conv {
-    fn new(w: &Weights, conv: &str, bn: &str, stride: usize, pad: usize) -> Result<Self> {
+    /// `size`: the side of the (square) input map, which picks the Winograd tiling.
+    fn new(
+        w: &Weights,
+        conv: &str,
+        bn: &str,
+        (stride, pad): (usize, usize),
+        size: usize,
+    ) -> Result<Self> {
         let (weight, bias) = folded_conv(w, conv, bn)?;
         let (cout, cin, k, _) = weight.dims4()?;
         // (cout, cin, kh, kw) → (kh, kw, cin, cout): the im2col row order below.
         let w = weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
         let b = bias.flatten_all()?.to_vec1()?;
-        let winograd = (k == 3 && stride == 1 && pad == 1 && winograd_enabled())
-            .then(|| Winograd3x3::new(&w, cin, cout));
+        let winograd = (k == 3 && stride == 1 && pad == 1)
+            .then(|| winograd_tiling(size))
+            .flatten()
+            .map(|tiling| Winograd3x3::new(&w, cin, cout, tiling));
         let w = winograd
             .is_none()
             .then(|| PackedB::new(&w, k * k * cin, cout, cout));
@@ -211,10 +221,20 @@ struct Scratch {
     m: Vec<f32>,
 }
 
-/// `INFERENCE_WINOGRAD=0` turns Winograd off (3×3 convolutions then run as im2col + GEMM), to
-/// measure what it brings.
-fn winograd_enabled() -> bool {
-    std::env::var("INFERENCE_WINOGRAD").map_or(true, |v| v != "0")
+/// The Winograd tiling for a 3×3 stride-1 convolution on a `size` × `size` map.
+/// `INFERENCE_WINOGRAD` overrides the choice, to measure what each brings: `0` turns Winograd off
+/// (im2col + GEMM), `2` / `4` force F(2×2) / F(4×4) everywhere.
+fn winograd_tiling(size: usize) -> Option<Tiling> {
+    match std::env::var("INFERENCE_WINOGRAD").as_deref() {
+        Ok("0") => None,
+        Ok("2") => Some(Tiling::F2),
+        Ok("4") => Some(Tiling::F4),
+        // F(4×4) on the 56, 28 and 14 maps (14 wastes a quarter of its tiles and still gains);
+        // F(2×2) on 7×7: its 512-channel filters would grow from 17 to 38 MB per convolution
+        // under F(4×4), and at small batches that stage streams its filters from memory.
+        _ if size >= 14 => Some(Tiling::F4),
+        _ => Some(Tiling::F2),
+    }
 }
 
 pub struct CpuResNet50 {
@@ -227,12 +247,20 @@ pub struct CpuResNet50 {
 
 impl CpuResNet50 {
     pub fn new(w: &Weights) -> Result<Self> {
-        let stem = Conv::new(w, "conv1", "bn1", 2, 3)?;
+        let stem = Conv::new(w, "conv1", "bn1", (2, 3), INPUT_SIZE)?;
         let mut blocks = Vec::new();
+        // Side of the block's input map: 224 → stem (/2) → max pool (/2).
+        let mut size = INPUT_SIZE / 4;
         for spec in weights::blocks() {
             let p = &spec.prefix;
             let conv = |c: &str, bn: &str, stride, pad| {
-                Conv::new(w, &format!("{p}.{c}"), &format!("{p}.{bn}"), stride, pad)
+                Conv::new(
+                    w,
+                    &format!("{p}.{c}"),
+                    &format!("{p}.{bn}"),
+                    (stride, pad),
+                    size,
+                )
             };
             let conv3 = conv("conv3", "bn3", 1, 0)?;
             let downsample = spec
@@ -251,6 +279,7 @@ impl CpuResNet50 {
                 downsample,
                 out_bias,
             });
+            size /= spec.stride;
         }
         let fc_b: Vec<f32> = w.tensors["fc.bias"].to_vec1()?;
         let fc_t: Vec<f32> = w.tensors["fc.weight"].t()?.flatten_all()?.to_vec1()?;

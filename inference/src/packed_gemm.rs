@@ -106,6 +106,40 @@ impl Isa {
     }
 }
 
+/// Defines `unsafe fn $name(args)` that runs `$body(args)` compiled for AVX-512 or AVX2 + FMA
+/// when the CPU has them ([`Isa::detect`]). For plain loops over floats (transforms, copies):
+/// the binary targets baseline x86-64, so without this the compiler vectorises them for SSE2 only.
+/// `$body` should be `#[inline(always)]` so that it is compiled inside each version.
+macro_rules! simd_versions {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident = $body:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$m])*
+        $vis unsafe fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    // SAFETY: the caller's promise, forwarded.
+                    unsafe { $body($($arg),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    // SAFETY: the caller's promise, forwarded.
+                    unsafe { $body($($arg),*) }
+                }
+                match $crate::packed_gemm::Isa::detect() {
+                    // SAFETY: the CPU has the features each version was compiled for.
+                    $crate::packed_gemm::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::packed_gemm::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::packed_gemm::Isa::Portable => {}
+                }
+            }
+            // SAFETY: the caller's promise, forwarded.
+            unsafe { $body($($arg),*) }
+        }
+    };
+}
+pub(crate) use simd_versions;
+
 /// `C[0..rows, cols] (+)= A · B[:, cols]`, then the epilogue.
 ///
 /// `a`: rows × b.k() at row stride `lda`; `c` points at C's (0, 0), row stride `ldc`; `cols` must
