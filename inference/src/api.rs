@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{CpuTurns, Engine, EngineError};
 use crate::labels;
 use crate::preprocess::{self, PreprocessError};
 use crate::state::{AppState, Phase};
@@ -304,7 +304,9 @@ pub async fn preprocess_all(
 ) -> Result<Vec<f32>, ApiError> {
     let limits = state.decode_limits;
     let metrics = state.metrics.clone();
+    let turns = state.engine.get().and_then(Engine::cpu_turns);
     web::block(move || {
+        let _turn = turns.as_deref().map(CpuTurns::preprocessing);
         let mut buf = vec![0f32; images.len() * crate::model::INPUT_LEN];
         for (bytes, slot) in images
             .iter()

@@ -85,6 +85,7 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
         max_batch: args.max_batch_size as usize,
         max_queue: args.max_queue as usize,
         queue_timeout: Duration::from_secs_f64(args.queue_timeout_seconds),
+        shares_cpu: matches!(device, Device::Cpu),
     };
     let _ = state
         .engine
