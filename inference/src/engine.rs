@@ -43,9 +43,11 @@ pub struct EngineConfig {
 /// lock prefers the waiting writer).
 ///
 /// Before taking its turn a batch also waits, up to [`GATHER`], for requests already admitted
-/// but not yet queued (body being read, or decode not started). Their decode has to run before
-/// the next forward pass anyway; starting without them cost a whole extra pass: at 8 concurrent
-/// requests batches alternated 1, 7, 1, 7.
+/// but not yet queued (body being read, or decode not started), and, while fewer images are
+/// ready than the last batch held, for the clients of that batch to come back. Their decode has
+/// to run before the next forward pass anyway; starting without them cost a whole extra pass:
+/// at 8 concurrent requests batches alternated 1, 7, 1, 7. At one request at a time the last
+/// batch held one image, so nothing waits.
 #[derive(Default)]
 pub struct CpuTurns(RwLock<()>);
 
@@ -221,6 +223,10 @@ struct Counts {
 }
 
 impl Counts {
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Admitted requests not yet in the queue: reading their body or being decoded.
     fn preparing(&self) -> usize {
         let queued = self.queued.load(Ordering::Acquire);
@@ -244,6 +250,7 @@ fn run(
     (turns, counts): (Option<Arc<CpuTurns>>, Counts),
 ) {
     let mut carry: Option<Job> = None;
+    let mut last_batch = 0;
     loop {
         let first = match carry.take() {
             Some(job) => job,
@@ -259,7 +266,9 @@ fn run(
         // decodes in progress (see `CpuTurns`); all of them join this batch.
         let _turn = turns.as_deref().map(|turns| {
             let deadline = Instant::now() + GATHER;
-            while counts.preparing() > 0 && Instant::now() < deadline {
+            while (counts.preparing() > 0 || first.n + counts.queued() < last_batch)
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_micros(200));
             }
             turns.forward()
@@ -294,6 +303,7 @@ fn run(
         if jobs.is_empty() {
             continue;
         }
+        last_batch = images;
         run_batch(model.as_ref(), jobs, images, &metrics);
     }
 }
