@@ -42,12 +42,13 @@ pub struct EngineConfig {
 /// finish, those requests join it, and decodes that arrive meanwhile wait for it to end (the
 /// lock prefers the waiting writer).
 ///
-/// Before taking its turn a batch also waits, up to [`GATHER`], for requests already admitted
-/// but not yet queued (body being read, or decode not started), and, while fewer images are
-/// ready than the last batch held, for the clients of that batch to come back. Their decode has
-/// to run before the next forward pass anyway; starting without them cost a whole extra pass:
-/// at 8 concurrent requests batches alternated 1, 7, 1, 7. At one request at a time the last
-/// batch held one image, so nothing waits.
+/// Before taking its turn a batch that is not yet full also waits, up to [`GATHER`], for
+/// requests already admitted but not yet queued (body being read, or decode not started), and,
+/// while fewer images are ready than the last batch held, for the clients of that batch to come
+/// back. Their decode has to run before the next forward pass anyway; starting without them
+/// cost a whole extra pass: at 8 concurrent requests batches alternated 1, 7, 1, 7. At one
+/// request at a time the last batch held one image, so nothing waits; under overload the queue
+/// holds a full batch, so nothing waits either.
 #[derive(Default)]
 pub struct CpuTurns(RwLock<()>);
 
@@ -266,7 +267,9 @@ fn run(
         // decodes in progress (see `CpuTurns`); all of them join this batch.
         let _turn = turns.as_deref().map(|turns| {
             let deadline = Instant::now() + GATHER;
-            while (counts.preparing() > 0 || first.n + counts.queued() < last_batch)
+            let ready = || first.n + counts.queued();
+            while ready() < cfg.max_batch
+                && (counts.preparing() > 0 || ready() < last_batch)
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_micros(200));
