@@ -91,7 +91,10 @@ def forward_table(rows: list[dict]) -> None:
             if r is None:
                 continue
             ips = r["images_per_s"]
-            print(f"{b:>5}  {FWD_LABEL.get(be, be):<27}{r['median_ms']:>10.1f}{r['p90_ms']:>10.1f}"
+            # On a GPU "ours" is the server's GPU path: the candle network in f16.
+            label = "ours (candle, f16)" if be == "ours" and r.get("device", "cpu") != "cpu" \
+                else FWD_LABEL.get(be, be)
+            print(f"{b:>5}  {label:<27}{r['median_ms']:>10.1f}{r['p90_ms']:>10.1f}"
                   f"{ips:>9.2f}{ratio(ips, ref_t):>10}{ratio(ips, ref_o):>9}")
     print()
 
