@@ -456,6 +456,9 @@ mod tests {
     /// A batch waits for the preprocessing in progress, and takes the requests it was preparing:
     /// here the second request is queued while a decode still holds its turn, so both run in
     /// one batch once the decode ends.
+    // The read turn stands for a decode running on another thread; holding it across the
+    // test's awaits is the point.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn forward_waits_for_preprocessing_and_batches_it() {
         let (engine, batches) = recording_engine(10, 8, 8);

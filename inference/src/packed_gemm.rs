@@ -64,7 +64,7 @@ impl PackedB {
 
     /// Rows k0.. of the panel that holds column `col`.
     fn panel(&self, col: usize, k0: usize) -> *const f32 {
-        debug_assert!(col % NR == 0 && col < self.n && k0 <= self.k);
+        debug_assert!(col.is_multiple_of(NR) && col < self.n && k0 <= self.k);
         self.data[(col / NR) * self.k * NR + k0 * NR..].as_ptr()
     }
 }
@@ -163,7 +163,7 @@ pub unsafe fn gemm(
     epilogue: Option<Epilogue>,
 ) {
     let k = b.k;
-    assert!(cols.start % NR == 0 && cols.end <= b.n);
+    assert!(cols.start.is_multiple_of(NR) && cols.end <= b.n);
     assert!(rows == 0 || a.len() >= (rows - 1) * lda + k);
     if let Some(e) = epilogue {
         assert!(e.bias.len() >= cols.end);
