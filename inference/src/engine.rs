@@ -48,12 +48,17 @@ pub struct EngineConfig {
 /// back. Their decode has to run before the next forward pass anyway; starting without them
 /// cost a whole extra pass: at 8 concurrent requests batches alternated 1, 7, 1, 7. At one
 /// request at a time the last batch held one image, so nothing waits; under overload the queue
-/// holds a full batch, so nothing waits either.
+/// holds a full batch, so nothing waits either; after the model thread sat idle for longer than
+/// [`IDLE_RESET`] the last batch is forgotten (the burst is over).
 #[derive(Default)]
 pub struct CpuTurns(RwLock<()>);
 
 /// The longest a CPU batch waits for admitted requests to reach the queue.
 const GATHER: Duration = Duration::from_millis(20);
+/// An idle spell after which the last batch's size no longer predicts the next one. Under
+/// steady load the model thread waits for the next request only as long as a client round trip
+/// and a decode (tens of ms); a forward pass of a full batch takes ~300 ms.
+const IDLE_RESET: Duration = Duration::from_millis(100);
 
 impl CpuTurns {
     /// Held while decoding and resizing.
@@ -255,18 +260,27 @@ fn run(
     loop {
         let first = match carry.take() {
             Some(job) => job,
-            None => match rx.recv() {
-                Ok(mut job) => {
-                    counts.taken(&mut job, &metrics);
-                    job
+            None => {
+                let idle = Instant::now();
+                let job = match rx.recv() {
+                    Ok(mut job) => {
+                        counts.taken(&mut job, &metrics);
+                        job
+                    }
+                    Err(_) => return, // every sender dropped: the server is gone
+                };
+                // Idle for a while: no clients are about to come back.
+                if idle.elapsed() > IDLE_RESET {
+                    last_batch = 0;
                 }
-                Err(_) => return, // every sender dropped: the server is gone
-            },
+                job
+            }
         };
         // On the CPU: let the requests already admitted reach the queue, then wait for the
         // decodes in progress (see `CpuTurns`); all of them join this batch.
         let _turn = turns.as_deref().map(|turns| {
             let deadline = Instant::now() + GATHER;
+            // Images ready (queued jobs count one each: a lower bound).
             let ready = || first.n + counts.queued();
             while ready() < cfg.max_batch
                 && (counts.preparing() > 0 || ready() < last_batch)
