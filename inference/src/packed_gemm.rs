@@ -359,56 +359,6 @@ mod x86 {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile512<const M: usize>(
-        t: &Tile,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        epi: Epi,
-    ) {
-        const V: usize = NR / 16;
-        // SAFETY (all accesses): the tile is M rows × NR columns inside the caller's block.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; M];
-            if t.load {
-                for (i, row) in acc.iter_mut().enumerate() {
-                    for (v, x) in row.iter_mut().enumerate() {
-                        *x = _mm512_loadu_ps(c.add(i * t.ldc + 16 * v));
-                    }
-                }
-            }
-            for p in 0..t.kc {
-                let bv: [__m512; V] =
-                    std::array::from_fn(|v| _mm512_loadu_ps(b.add(p * NR + 16 * v)));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(i * t.lda + p));
-                    for (x, bv) in row.iter_mut().zip(bv) {
-                        *x = _mm512_fmadd_ps(av, bv, *x);
-                    }
-                }
-            }
-            if let Some((bias, relu)) = epi {
-                let bias: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bias.add(16 * v)));
-                let z = _mm512_setzero_ps();
-                for row in acc.iter_mut() {
-                    for (x, bv) in row.iter_mut().zip(bias) {
-                        *x = _mm512_add_ps(*x, bv);
-                        if relu {
-                            *x = _mm512_max_ps(*x, z);
-                        }
-                    }
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                for (v, x) in row.iter().enumerate() {
-                    _mm512_storeu_ps(c.add(i * t.ldc + 16 * v), *x);
-                }
-            }
-        }
-    }
-
     /// AVX2 + FMA: 16 registers, so MR × 16 tiles over the panel's four column quarters
     /// (12 accumulators + 2 B vectors).
     #[target_feature(enable = "avx2,fma")]
@@ -435,56 +385,93 @@ mod x86 {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile256<const M: usize>(
-        t: &Tile,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        epi: Epi,
-    ) {
-        // SAFETY (all accesses): the tile is M rows × 16 columns inside the caller's block.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; M];
-            if t.load {
-                for (i, row) in acc.iter_mut().enumerate() {
-                    for (v, x) in row.iter_mut().enumerate() {
-                        *x = _mm256_loadu_ps(c.add(i * t.ldc + 8 * v));
+    /// `$name::<M>`: an M × (V·W) tile of C in M·V vector registers of W lanes, for one
+    /// instruction set: C's tile loaded (or zero), one k-step per B row (V loads, M broadcasts,
+    /// M·V FMAs), then bias and ReLU in registers, then the store.
+    macro_rules! tile_kernel {
+        ($name:ident, $feature:literal, $vec:ty, $w:literal, $v:literal, $load:ident,
+         $store:ident, $set1:ident, $zero:ident, $fmadd:ident, $add:ident, $max:ident) => {
+            #[inline]
+            #[target_feature(enable = $feature)]
+            unsafe fn $name<const M: usize>(
+                t: &Tile,
+                a: *const f32,
+                b: *const f32,
+                c: *mut f32,
+                epi: Epi,
+            ) {
+                // SAFETY (all accesses): the tile is M rows × V·W columns inside the caller's
+                // block.
+                unsafe {
+                    let mut acc = [[$zero(); $v]; M];
+                    if t.load {
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            for (v, x) in row.iter_mut().enumerate() {
+                                *x = $load(c.add(i * t.ldc + $w * v));
+                            }
+                        }
                     }
-                }
-            }
-            for p in 0..t.kc {
-                let bv = [
-                    _mm256_loadu_ps(b.add(p * NR)),
-                    _mm256_loadu_ps(b.add(p * NR + 8)),
-                ];
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(i * t.lda + p));
-                    for (x, bv) in row.iter_mut().zip(bv) {
-                        *x = _mm256_fmadd_ps(av, bv, *x);
+                    for p in 0..t.kc {
+                        let bv: [$vec; $v] = std::array::from_fn(|v| $load(b.add(p * NR + $w * v)));
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let av = $set1(*a.add(i * t.lda + p));
+                            for (x, bv) in row.iter_mut().zip(bv) {
+                                *x = $fmadd(av, bv, *x);
+                            }
+                        }
                     }
-                }
-            }
-            if let Some((bias, relu)) = epi {
-                let bias = [_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))];
-                let z = _mm256_setzero_ps();
-                for row in acc.iter_mut() {
-                    for (x, bv) in row.iter_mut().zip(bias) {
-                        *x = _mm256_add_ps(*x, bv);
-                        if relu {
-                            *x = _mm256_max_ps(*x, z);
+                    if let Some((bias, relu)) = epi {
+                        let bias: [$vec; $v] = std::array::from_fn(|v| $load(bias.add($w * v)));
+                        let z = $zero();
+                        for row in acc.iter_mut() {
+                            for (x, bv) in row.iter_mut().zip(bias) {
+                                *x = $add(*x, bv);
+                                if relu {
+                                    *x = $max(*x, z);
+                                }
+                            }
+                        }
+                    }
+                    for (i, row) in acc.iter().enumerate() {
+                        for (v, x) in row.iter().enumerate() {
+                            $store(c.add(i * t.ldc + $w * v), *x);
                         }
                     }
                 }
             }
-            for (i, row) in acc.iter().enumerate() {
-                for (v, x) in row.iter().enumerate() {
-                    _mm256_storeu_ps(c.add(i * t.ldc + 8 * v), *x);
-                }
-            }
-        }
+        };
     }
+
+    // A whole 64-column panel: 4 vectors of 16.
+    tile_kernel!(
+        tile512,
+        "avx512f",
+        __m512,
+        16,
+        4,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_max_ps
+    );
+    // A 16-column quarter panel: 2 vectors of 8.
+    tile_kernel!(
+        tile256,
+        "avx2,fma",
+        __m256,
+        8,
+        2,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_max_ps
+    );
 }
 
 #[cfg(test)]
