@@ -54,14 +54,6 @@ impl PackedB {
         Self { k, n, data }
     }
 
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
     /// Rows k0.. of the panel that holds column `col`.
     fn panel(&self, col: usize, k0: usize) -> *const f32 {
         debug_assert!(col.is_multiple_of(NR) && col < self.n && k0 <= self.k);
@@ -142,7 +134,7 @@ pub(crate) use simd_versions;
 
 /// `C[0..rows, cols] (+)= A · B[:, cols]`, then the epilogue.
 ///
-/// `a`: rows × b.k() at row stride `lda`; `c` points at C's (0, 0), row stride `ldc`; `cols` must
+/// `a`: rows × B's k at row stride `lda`; `c` points at C's (0, 0), row stride `ldc`; `cols` must
 /// start on a multiple of [`NR`]. With `accumulate` the product is added to what C holds (the
 /// residual), otherwise C is overwritten.
 ///
