@@ -154,9 +154,14 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>, PreprocessError
 /// The JPEG decoder fills a cut-off stream with grey instead of failing; PIL refuses it
 /// ("image file is truncated"), and so do we: an end-of-image marker (FF D9) must follow the
 /// last start-of-scan (FF DA). Entropy-coded data never contains either (FF is byte-stuffed).
+/// Scanning back from the end, the first of the two met decides: in a whole file that is the
+/// EOI in the last bytes, without reading the (megabyte-long) scan data before it.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    last_sos.is_some_and(|i| bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]))
+    bytes
+        .windows(2)
+        .rev()
+        .find(|w| *w == [0xFF, 0xD9] || *w == [0xFF, 0xDA])
+        .is_some_and(|w| w[1] == 0xD9)
 }
 
 /// torchvision `Resize(256)`: the short side becomes 256, the long side `int(256 * long / short)`.
@@ -649,6 +654,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_jpeg_is_complete_when_an_end_marker_follows_the_last_scan() {
+        let soi = [0xFF, 0xD8];
+        let (sos, eoi) = ([0xFF, 0xDA], [0xFF, 0xD9]);
+        // An EXIF thumbnail: a whole JPEG (scan and end marker) before the main image's scan.
+        let thumb = [&soi[..], &sos, &[1, 2], &eoi].concat();
+        let whole = [&soi[..], &thumb, &sos, &[7, 0xFF, 0, 9], &eoi].concat();
+        assert!(jpeg_is_complete(&whole));
+        assert!(jpeg_is_complete(&[&whole[..], &[0, 0]].concat())); // trailing bytes
+        assert!(!jpeg_is_complete(&whole[..whole.len() - 2])); // cut before the end marker
+        assert!(!jpeg_is_complete(&[&soi[..], &thumb, &sos, &[7]].concat()));
+        assert!(!jpeg_is_complete(&[&soi[..], &[1, 2, 3]].concat())); // no scan at all
     }
 
     #[test]
