@@ -489,9 +489,8 @@ fn overload_is_refused_fast_with_retry_after() {
 #[test]
 fn weights_problems_exit_nonzero_with_one_line() {
     use safetensors::tensor::{Dtype, TensorView};
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bad-weights-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = common::TempDir::new("bad-weights");
+    let dir = &tmp.0;
     let good = std::fs::read(common::weights()).unwrap();
     let st = safetensors::SafeTensors::deserialize(&good).unwrap();
     // Rewrites the good weights without `drop` and with `reshape` given a new (zero) shape.

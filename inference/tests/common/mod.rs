@@ -34,23 +34,47 @@ pub fn image(name: &str) -> Vec<u8> {
     std::fs::read(fixture("images").join(name)).unwrap()
 }
 
-/// Generated once per test binary with the server's own `generate-weights` command.
+/// Generated once per test binary with the server's own `generate-weights` command, into one
+/// file per seed: written under a per-process name and renamed over it (atomic, so binaries
+/// running side by side never read half a file), so runs do not leave 100 MB each behind.
 pub fn weights() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "resnet50-seed{SEED}-{}.safetensors",
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("resnet50-seed{SEED}.safetensors"));
+        let partial = dir.join(format!(
+            "resnet50-seed{SEED}.safetensors.{}",
             std::process::id()
         ));
         let status = Command::new(BIN)
             .args(["generate-weights", "--seed", &SEED.to_string(), "--out"])
-            .arg(&path)
+            .arg(&partial)
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "generate-weights failed");
+        std::fs::rename(&partial, &path).unwrap();
         path
     })
+}
+
+/// A directory under the target's temp dir, removed with everything in it when dropped (also
+/// when the test fails).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub struct Server {
