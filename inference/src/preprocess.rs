@@ -620,7 +620,13 @@ mod tests {
             for filter in [Filter::Bilinear, Filter::Bicubic] {
                 let (w, h) = (img.width() as usize, img.height() as usize);
                 let (new_w, new_h) = resized_size(img.width(), img.height());
-                let horiz = taps(w, new_w as usize, center_crop_offset(new_w) as usize, 224, filter);
+                let horiz = taps(
+                    w,
+                    new_w as usize,
+                    center_crop_offset(new_w) as usize,
+                    224,
+                    filter,
+                );
                 let (mut simd, mut scalar) = (vec![0u8; 224 * 3], vec![0u8; 224 * 3]);
                 for row in img.as_raw().chunks_exact(w * 3) {
                     horizontal_row(row, &horiz, &mut simd);
@@ -635,7 +641,13 @@ mod tests {
                     }
                 }
                 // The vertical pass over the first 224 columns of the source.
-                let vert = taps(h, new_h as usize, center_crop_offset(new_h) as usize, 224, filter);
+                let vert = taps(
+                    h,
+                    new_h as usize,
+                    center_crop_offset(new_h) as usize,
+                    224,
+                    filter,
+                );
                 let cols: Vec<u8> = img
                     .as_raw()
                     .chunks_exact(w * 3)
