@@ -395,20 +395,29 @@ mod x86 {
                 // SAFETY (all accesses): the tile is M rows × V·W columns inside the caller's
                 // block.
                 unsafe {
-                    let mut acc = [[$zero(); $v]; M];
-                    if t.load {
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            for (v, x) in row.iter_mut().enumerate() {
-                                *x = $load(c.add(i * t.ldc + $w * v));
-                            }
+                    // Ask for the tile's lines of C now and read them only after the k loop:
+                    // C is often a multi-megabyte output (or the residual) out in memory, and
+                    // loading it first, or storing to it cold, stalled each tile on a miss.
+                    for i in 0..M {
+                        for line in (0..$w * $v).step_by(16) {
+                            let p = c.add(i * t.ldc + line).cast::<i8>();
+                            _mm_prefetch::<_MM_HINT_T0>(p);
                         }
                     }
+                    let mut acc = [[$zero(); $v]; M];
                     for p in 0..t.kc {
                         let bv: [$vec; $v] = std::array::from_fn(|v| $load(b.add(p * NR + $w * v)));
                         for (i, row) in acc.iter_mut().enumerate() {
                             let av = $set1(*a.add(i * t.lda + p));
                             for (x, bv) in row.iter_mut().zip(bv) {
                                 *x = $fmadd(av, bv, *x);
+                            }
+                        }
+                    }
+                    if t.load {
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            for (v, x) in row.iter_mut().enumerate() {
+                                *x = $add(*x, $load(c.add(i * t.ldc + $w * v)));
                             }
                         }
                     }
