@@ -95,10 +95,19 @@ wait_for() { # description timeout-seconds component command...
 }
 
 start_bg() { # component args...
-  local comp=$1; shift
+  local comp=$1 pid i; shift
   setsid "$BIN/$comp" "$@" >>"$S/logs/$comp.log" 2>&1 </dev/null &
-  echo $! >"$S/run/$comp.pid"
-  log "started $comp (pid $!), log $S/logs/$comp.log"
+  pid=$!
+  echo "$pid" >"$S/run/$comp.pid"
+  # Until it execs, the child is a copy of this shell, and pid_of (which checks the command
+  # line, against pid reuse) would call the component dead: a loaded machine once failed
+  # `up` with "kube-controller-manager exited" and an empty log. Wait for the exec (≤ 5 s).
+  for ((i = 0; i < 250; i++)); do
+    pid_of "$comp" >/dev/null && break    # the binary runs
+    kill -0 "$pid" 2>/dev/null || break   # gone already: wait_for reports it, with its log
+    sleep 0.02
+  done
+  log "started $comp (pid $pid), log $S/logs/$comp.log"
 }
 
 # ---------------------------------------------------------------------------------- certs

@@ -143,7 +143,23 @@ pub struct Cluster {
     watchdog: Option<Child>,
 }
 
+/// A port free now, below the kernel's range for outgoing connections: a port from that range
+/// (what binding port 0 returns) can be taken by any connection, such as the API server's to
+/// etcd, between this pick and the component's bind.
 fn free_port() -> u16 {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if first_ephemeral > LOW + 1000 {
+        for _ in 0..100 {
+            let port = LOW + (unique() % u64::from(first_ephemeral - LOW)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
