@@ -3,7 +3,7 @@
 #![no_main]
 
 // The server's own preprocessing module, compiled here without the rest of the server.
-#[path = "../../inference/src/preprocess.rs"]
+#[path = "../../inference/src/preprocess/mod.rs"]
 #[allow(dead_code)]
 mod preprocess;
 

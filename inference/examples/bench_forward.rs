@@ -19,8 +19,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Module, Tensor};
 use clap::Parser;
+use inference_server::model::weights;
 use inference_server::model::{INPUT_SIZE, Model, ResNet50, stock};
-use inference_server::weights;
 
 #[derive(Parser)]
 #[command(about = "Forward-only ResNet50 benchmark (candle: ours and stock)")]
@@ -137,7 +137,7 @@ fn main() -> Result<()> {
 
     for backend in &args.backends {
         let f: Box<Forward> = match backend.as_str() {
-            // What the server runs on this device (cpu_model's NHWC network on the CPU).
+            // What the server runs on this device (the NHWC network, model::cpu, on the CPU).
             "ours" => match Model::new(&w, &dev)? {
                 Model::Cpu(m) => Box::new(move |x| m.forward_tensor(x)),
                 Model::Candle { net, .. } => Box::new(move |x| net.forward(x)),

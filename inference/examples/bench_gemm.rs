@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use inference_server::packed_gemm::{Epilogue, Isa, PackedB, gemm};
+use inference_server::model::cpu::isa::Isa;
+use inference_server::model::cpu::packed_gemm::{Epilogue, PackedB, gemm};
 
 const BLOCKS: usize = 113;
 

@@ -110,3 +110,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
+
+/// The CPUs this process may use: the default for the thread and worker counts.
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use crate::model::INPUT_LEN;
+use crate::model::weights::NUM_CLASSES;
+use crate::model::{INPUT_LEN, Model};
 
 /// Anything that maps a flat (n, 3, 224, 224) batch to flat (n, classes) logits.
 pub trait BatchModel: Send + 'static {
     fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>>;
     fn classes(&self) -> usize;
+}
+
+/// The server's network, batch in, logits out.
+impl BatchModel for Model {
+    fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        Ok(self.forward_flat(input, n)?)
+    }
+    fn classes(&self) -> usize {
+        NUM_CLASSES
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -1,6 +1,8 @@
 use clap::Parser;
+use inference_server::config::num_cpus;
 use inference_server::config::{Cli, Command, LogFormat, ServeArgs};
-use inference_server::{server, weights};
+use inference_server::http::server;
+use inference_server::model::weights;
 
 fn init_logging(format: LogFormat) {
     let filter =
@@ -17,7 +19,7 @@ fn init_logging(format: LogFormat) {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let threads = if args.threads == 0 {
-        server::num_cpus()
+        num_cpus()
     } else {
         args.threads
     };

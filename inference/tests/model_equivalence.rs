@@ -4,8 +4,8 @@
 mod common;
 
 use candle_core::{Device, Module, Tensor};
+use inference_server::model::weights;
 use inference_server::model::{self, INPUT_LEN, Model};
-use inference_server::weights;
 
 /// Deterministic pseudo-random inputs in the range of normalised images (about -2.1 .. 2.6).
 fn inputs(n: usize, seed: u32) -> Vec<f32> {

@@ -6,9 +6,9 @@
 mod common;
 
 use candle_core::Device;
+use inference_server::model::weights;
 use inference_server::model::{INPUT_LEN, INPUT_SIZE, Model, ResNet50};
 use inference_server::preprocess::{self, DecodeLimits, Filter};
-use inference_server::weights;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -52,7 +52,7 @@ fn checked_weights() -> weights::Weights {
 }
 
 fn top5(logits: &[f32]) -> Vec<u64> {
-    inference_server::api::top_k_raw(logits, 5)
+    inference_server::model::labels::top_k_raw(logits, 5)
         .into_iter()
         .map(|(id, _)| id as u64)
         .collect()

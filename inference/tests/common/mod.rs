@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 /// Both f32 networks the server can run, on the CPU: the CPU network (what CPUs serve) and the
 /// candle network (what GPUs serve; here on the CPU, as no GPU is present).
-pub fn both_models(w: &inference_server::weights::Weights) -> [inference_server::model::Model; 2] {
+pub fn both_models(
+    w: &inference_server::model::weights::Weights,
+) -> [inference_server::model::Model; 2] {
     use candle_core::Device;
     use inference_server::model::{Model, ResNet50};
     [

@@ -15,8 +15,9 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_model::grow;
-use crate::packed_gemm::{self, Isa, PackedB, simd_versions};
+use super::buffers::{SendPtr, grow};
+use super::isa::{Isa, simd_versions};
+use super::packed_gemm::{self, PackedB};
 
 /// The two tile sizes. F(m×m, 3×3) computes an m×m output tile from an (m+2)×(m+2) input tile
 /// with (m+2)² multiplies per (cin, cout) pair, against 9m² for a direct convolution.
@@ -404,11 +405,6 @@ simd_versions!(unsafe fn output_tiles = output_tiles_on(
     bias: &[f32],
     relu: bool,
 ));
-
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks (see the GEMM loop).
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// Channels transformed together: one AVX-512 vector.
 const LANES: usize = 16;

@@ -1,4 +1,5 @@
-//! Process wiring: device choice, background model load + warm-up, routes, graceful shutdown.
+//! Process wiring: the listener, the model loaded and warmed up in the background, the routes,
+//! and graceful shutdown.
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -6,52 +7,12 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpServer, web};
 use candle_core::Device;
 
-use crate::api;
-use crate::config::{DevicePref, GpuDtype, ServeArgs};
+use super::state::{AppState, WeightsInfo};
+use super::{ops, predict, v2};
+use crate::config::{GpuDtype, ServeArgs, num_cpus};
 use crate::engine::{BatchModel, Engine, EngineConfig};
-use crate::model::{INPUT_LEN, Model};
-use crate::state::{AppState, WeightsInfo};
-use crate::v2;
-use crate::weights::{self, NUM_CLASSES};
-
-/// CPU unless asked otherwise; `auto` takes GPU 0 when this is a CUDA build and one is usable.
-pub fn select_device(pref: DevicePref) -> anyhow::Result<Device> {
-    match pref {
-        DevicePref::Cpu => Ok(Device::Cpu),
-        DevicePref::Cuda => Device::new_cuda(0).map_err(|e| {
-            anyhow::anyhow!(
-                "DEVICE=cuda but no CUDA device can be used: {e}{}",
-                if cfg!(feature = "cuda") {
-                    ""
-                } else {
-                    " (this binary was built without the `cuda` feature)"
-                }
-            )
-        }),
-        DevicePref::Auto if cfg!(feature = "cuda") => Ok(Device::new_cuda(0).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no usable GPU; falling back to CPU");
-            Device::Cpu
-        })),
-        DevicePref::Auto => Ok(Device::Cpu),
-    }
-}
-
-pub fn device_name(d: &Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => "cuda:0".into(),
-        Device::Metal(_) => "metal:0".into(),
-    }
-}
-
-impl BatchModel for Model {
-    fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
-        Ok(self.forward_flat(input, n)?)
-    }
-    fn classes(&self) -> usize {
-        NUM_CLASSES
-    }
-}
+use crate::model::device::{device_name, select_device};
+use crate::model::{INPUT_LEN, Model, weights};
 
 /// Loads and checks the weights, runs one warm-up forward, then opens the engine (→ ready).
 fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
@@ -99,13 +60,13 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
 fn routes(cfg: &mut web::ServiceConfig) {
     // Each resource answers other methods with a JSON 405 instead of actix's empty 404.
     fn resource(path: &str) -> actix_web::Resource {
-        web::resource(path).default_service(web::to(api::method_not_allowed))
+        web::resource(path).default_service(web::to(ops::method_not_allowed))
     }
-    cfg.service(resource("/predict").route(web::post().to(api::predict)))
-        .service(resource("/health").route(web::get().to(api::health)))
-        .service(resource("/ready").route(web::get().to(api::ready)))
-        .service(resource("/version").route(web::get().to(api::version)))
-        .service(resource("/metrics").route(web::get().to(api::metrics)))
+    cfg.service(resource("/predict").route(web::post().to(predict::predict)))
+        .service(resource("/health").route(web::get().to(ops::health)))
+        .service(resource("/ready").route(web::get().to(ops::ready)))
+        .service(resource("/version").route(web::get().to(ops::version)))
+        .service(resource("/metrics").route(web::get().to(ops::metrics)))
         .service(resource("/v2").route(web::get().to(v2::server_metadata)))
         .service(resource("/v2/health/live").route(web::get().to(v2::live)))
         .service(resource("/v2/health/ready").route(web::get().to(v2::server_ready)))
@@ -146,7 +107,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         App::new()
             .app_data(app_state.clone())
             .configure(routes)
-            .default_service(web::to(api::not_found))
+            .default_service(web::to(ops::not_found))
     })
     .workers(workers)
     .disable_signals()
@@ -181,10 +142,4 @@ async fn wait_for_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-}
-
-pub fn num_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

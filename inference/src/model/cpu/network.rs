@@ -1,10 +1,10 @@
-//! ResNet50 forward pass for the CPU, built for speed (issue 5).
+//! ResNet50 forward pass for the CPU, NHWC, built for speed.
 //!
 //! candle's conv2d spends most of its time around the matrix multiply (im2col in NCHW, per-call
 //! weight repacking, layout copies, separate bias/ReLU passes). Here:
 //! - activations are NHWC end to end, so a 1×1 stride-1 convolution is one GEMM straight on the
 //!   activation and a k×k one a GEMM over im2col rows built from contiguous channel runs;
-//! - BatchNorm is folded at load (the same f64 fold as `model`), and the weights, as a
+//! - BatchNorm is folded at load (the same f64 fold as the candle network, `model::fold`), and the weights, as a
 //!   (kh·kw·cin, cout) matrix, are packed once in the order the micro-kernel reads them;
 //! - each convolution call cuts its output into blocks, one or more per pool thread (`fused`):
 //!   a thread builds only its block's im2col rows, runs one single-threaded GEMM per term and
@@ -22,10 +22,13 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::{INPUT_SIZE, folded_conv};
-use crate::packed_gemm::{self, Epilogue, Isa, PackedB};
-use crate::weights::{self, Weights};
-use crate::winograd::{SendPtr, Tiling, Winograd3x3};
+use super::buffers::{SendPtr, grow};
+use super::isa::Isa;
+use super::packed_gemm::{self, Epilogue, PackedB};
+use super::winograd::{Tiling, Winograd3x3};
+use crate::model::fold::folded_conv;
+use crate::model::weights::{self, Weights};
+use crate::preprocess::INPUT_SIZE;
 
 /// A convolution with BatchNorm folded in, weights as a (k·k·cin, cout) matrix packed for the
 /// micro-kernel.
@@ -421,14 +424,6 @@ impl CpuResNet50 {
     pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
         x.apply_op1_no_bwd(self)
     }
-}
-
-/// `v[..len]`, growing `v` when it is shorter. Contents are whatever was there: callers overwrite.
-pub(crate) fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
 }
 
 /// Bytes of im2col rows one block may hold (per thread, in L2 with the weights' panel).

@@ -7,10 +7,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::{self, ApiError, RequestScope};
-use crate::labels;
+use super::error::ApiError;
+use super::request::{self, RequestScope};
+use super::state::{AppState, Phase};
+use crate::model::labels;
 use crate::model::{INPUT_LEN, INPUT_SIZE};
-use crate::state::{AppState, Phase};
 
 const OUTPUT_NAME: &str = "logits";
 
@@ -284,11 +285,11 @@ pub async fn infer(
     let state = state.into_inner();
     let scope = RequestScope::begin(&state);
     let result = async {
-        let engine = api::engine(&state)?;
-        api::check_content_length(&req, state.args.max_body_bytes)?;
+        let engine = request::engine(&state)?;
+        request::check_content_length(&req, state.args.max_body_bytes)?;
         // Refuse before reading and decoding when the queue is full.
         let permit = engine.admit()?;
-        let body = api::read_limited(payload, state.args.max_body_bytes).await?;
+        let body = request::read_limited(payload, state.args.max_body_bytes).await?;
         let request: InferRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("bad_json", format!("invalid inference request: {e}")))?;
         let k = classification_k(&request)?;
@@ -303,7 +304,7 @@ pub async fn infer(
             "BYTES" => {
                 let images = bytes_input(input, max)?;
                 let n = images.len();
-                (api::preprocess_all(&state, images).await?, n)
+                (request::preprocess_all(&state, images).await?, n)
             }
             "FP32" => fp32_input(input, max)?,
             other => {
@@ -321,7 +322,7 @@ pub async fn infer(
                 let data: Vec<String> = out
                     .logits
                     .chunks_exact(classes)
-                    .flat_map(|row| api::top_k_raw(row, k))
+                    .flat_map(|row| labels::top_k_raw(row, k))
                     .map(|(id, score)| format!("{score:.6}:{id}:{}", labels::label(id)))
                     .collect();
                 json!({ "name": OUTPUT_NAME, "datatype": "BYTES", "shape": [n, k], "data": data })

@@ -1,17 +1,14 @@
-//! ResNet50 (torchvision v1.5 layout) with every BatchNorm folded into the convolution before it
-//! at load time, so a forward pass is conv + bias (+ ReLU) per layer instead of conv + 4 BN passes.
-//! This is the GPU path and the reference the CPU network (`cpu_model`) is tested against.
-//! `stock` builds candle-transformers' unmodified resnet50 from the same weights, for tests and
-//! benchmarks.
+//! ResNet50 (torchvision v1.5 layout) as candle tensors, every BatchNorm folded into the
+//! convolution before it ([`super::fold`]). This is the GPU path and the reference the CPU
+//! network (`cpu`) is tested against. [`stock`] builds candle-transformers' unmodified resnet50
+//! from the same weights, for tests and benchmarks.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::cpu_model::CpuResNet50;
-pub use crate::preprocess::{INPUT_LEN, INPUT_SIZE};
-use crate::weights::{self, NUM_CLASSES, Weights};
-
-const BN_EPS: f64 = 1e-5;
+use super::fold::folded_conv;
+use super::weights::{self, NUM_CLASSES, Weights};
+use crate::preprocess::INPUT_SIZE;
 
 /// A convolution with its BatchNorm folded in: `y = conv(x, w * s) + (beta - mean * s)`,
 /// `s = gamma / sqrt(var + eps)`.
@@ -20,29 +17,6 @@ struct FoldedConv {
     bias: Tensor, // shape (1, C, 1, 1) for a broadcast add
     stride: usize,
     padding: usize,
-}
-
-/// Folds `bn` into `conv`: (weight (cout, cin, kh, kw), bias (cout,)), both f32. The fold is done
-/// in f64 so the folded weights round once, not at every intermediate step.
-pub(crate) fn folded_conv(w: &Weights, conv: &str, bn: &str) -> Result<(Tensor, Tensor)> {
-    let get = |n: &str| {
-        w.tensors
-            .get(n)
-            .map(|t| t.to_dtype(DType::F64))
-            .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{n}`")))?
-    };
-    let weight = get(&format!("{conv}.weight"))?;
-    let gamma = get(&format!("{bn}.weight"))?;
-    let beta = get(&format!("{bn}.bias"))?;
-    let mean = get(&format!("{bn}.running_mean"))?;
-    let var = get(&format!("{bn}.running_var"))?;
-    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
-    let c = scale.dim(0)?;
-    let weight = weight
-        .broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?
-        .to_dtype(DType::F32)?;
-    let bias = (beta - (mean * &scale)?)?.to_dtype(DType::F32)?;
-    Ok((weight, bias))
 }
 
 impl FoldedConv {
@@ -175,52 +149,6 @@ impl ResNet50 {
 pub fn stock(w: &Weights, device: &Device) -> Result<candle_nn::Func<'static>> {
     let vb = VarBuilder::from_tensors(w.tensors.clone(), DType::F32, device);
     candle_transformers::models::resnet::resnet50(NUM_CLASSES, vb)
-}
-
-/// What the server runs: the NHWC network (`cpu_model`) on the CPU, the candle network on a GPU.
-pub enum Model {
-    Cpu(Box<CpuResNet50>),
-    Candle { net: ResNet50, device: Device },
-}
-
-impl Model {
-    /// The server's choice for `device`; on a GPU the convolutions run in f16.
-    pub fn new(w: &Weights, device: &Device) -> Result<Self> {
-        Self::with_gpu_dtype(w, device, DType::F16)
-    }
-
-    /// As [`Model::new`], with the GPU network's convolutions in `gpu_dtype`.
-    pub fn with_gpu_dtype(w: &Weights, device: &Device, gpu_dtype: DType) -> Result<Self> {
-        Ok(match device {
-            Device::Cpu => Self::Cpu(Box::new(CpuResNet50::new(w)?)),
-            _ => Self::Candle {
-                net: ResNet50::with_dtype(w, gpu_dtype)?,
-                device: device.clone(),
-            },
-        })
-    }
-
-    /// (n, 3, 224, 224) normalised images, flat → (n, classes) logits, flat.
-    pub fn forward_flat(&self, input: Vec<f32>, n: usize) -> Result<Vec<f32>> {
-        match self {
-            Self::Cpu(net) => {
-                if input.len() != n * INPUT_LEN {
-                    candle_core::bail!("input holds {} values, not {n} images", input.len());
-                }
-                Ok(net.forward(&input, n))
-            }
-            Self::Candle { net, device } => forward_flat(net, input, n, device),
-        }
-    }
-
-    /// Which implementation runs, for logs and /version.
-    pub fn implementation(&self) -> &'static str {
-        match self {
-            Self::Cpu(_) => "cpu-nhwc",
-            Self::Candle { net, .. } if net.dtype() == DType::F16 => "candle-f16",
-            Self::Candle { .. } => "candle",
-        }
-    }
 }
 
 /// Runs the candle model on a batch held in one flat buffer.
