@@ -86,7 +86,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
     /// A request that waited this long for the model is refused rather than run late.
-    #[arg(long, env = "QUEUE_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    #[arg(long, env = "QUEUE_TIMEOUT_SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
     pub queue_timeout_seconds: f64,
     /// Threads for the forward pass (0 = one per CPU).
     #[arg(long, env = "INFERENCE_THREADS", default_value_t = 0)]
@@ -100,15 +100,42 @@ pub struct ServeArgs {
     /// Largest decoded image (width × height); larger ones get 413 before they are decoded.
     #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
+    /// Images decoded at once (0 = one per CPU): decoding is CPU work, more at once only queues
+    /// inside the kernel's scheduler and holds more memory.
+    #[arg(long, env = "DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
+    /// Memory the images being decoded may take together, charged per image from its header
+    /// before decoding (a 16-bit RGBA PNG takes 11 bytes a pixel, a JPEG 3, a progressive JPEG
+    /// 9). An image that alone needs more gets 413; others wait their turn.
+    #[arg(long, env = "DECODE_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(16..=1 << 22))]
+    pub decode_memory_mb: u64,
     /// Most images in one Open Inference Protocol request.
     #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 32)]
     pub max_client_batch: usize,
     /// After SIGTERM: /ready answers 503 at once, requests are still served for this long (so
     /// load balancers stop sending), then the listener closes and in-flight requests finish.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 5.0)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 5.0, value_parser = seconds)]
     pub shutdown_grace_seconds: f64,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+}
+
+/// A duration in seconds: finite and not negative (`-1`, `NaN` and `inf` are refused, not
+/// turned into a queue that expires everything or a drain that never ends).
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v <= 86_400.0 => Ok(v),
+        Ok(_) => Err("expected a number of seconds from 0 to 86400".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// As [`seconds`], and more than zero.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match seconds(s)? {
+        0.0 => Err("expected more than 0 seconds".into()),
+        v => Ok(v),
+    }
 }
 
 /// The CPUs this process may use: the default for the thread and worker counts.

@@ -2,6 +2,7 @@ use clap::Parser;
 use inference_server::config::num_cpus;
 use inference_server::config::{Cli, Command, LogFormat, ServeArgs};
 use inference_server::http::server;
+use inference_server::model::cpu::isa::Isa;
 use inference_server::model::weights;
 
 fn init_logging(format: LogFormat) {
@@ -17,6 +18,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // A forced kernel set the CPU lacks is a set-up error: say so before anything starts.
+    Isa::from_env().map_err(anyhow::Error::msg)?;
     init_logging(args.log_format);
     let threads = if args.threads == 0 {
         num_cpus()

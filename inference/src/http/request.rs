@@ -9,6 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -95,33 +96,78 @@ impl Drop for RequestScope<'_> {
     }
 }
 
-/// Decodes and preprocesses images off the async workers.
+/// What decoding may use at once: a slot per decode thread (sized to the cores), and a memory
+/// budget each image is charged from its header ([`preprocess::Probe::decode_bytes`]) before
+/// anything is allocated for it. Both are fair (first come, first served).
+pub struct DecodeGate {
+    slots: Semaphore,
+    memory: Semaphore,
+    /// The budget in KiB (the semaphore's unit).
+    memory_kib: u32,
+}
+
+impl DecodeGate {
+    pub fn new(threads: usize, memory_bytes: u64) -> Self {
+        let memory_kib = (memory_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as u32;
+        Self {
+            slots: Semaphore::new(threads.max(1)),
+            memory: Semaphore::new(memory_kib as usize),
+            memory_kib,
+        }
+    }
+}
+
+/// Decodes and preprocesses images off the async workers, one at a time, each holding a decode
+/// slot, its memory and (on the CPU) a preprocessing turn only while it is decoded.
 pub async fn preprocess_all(
     state: &Arc<AppState>,
     images: Vec<Vec<u8>>,
 ) -> Result<Vec<f32>, ApiError> {
     let limits = state.decode_limits;
-    let metrics = state.metrics.clone();
+    let gate = &state.decode_gate;
     let turns = state.engine.get().and_then(Engine::cpu_turns);
-    web::block(move || {
-        let _turn = turns.as_deref().map(CpuTurns::preprocessing);
-        let mut buf = vec![0f32; images.len() * INPUT_LEN];
-        for (bytes, slot) in images.iter().zip(buf.chunks_exact_mut(INPUT_LEN)) {
+    let mut buf = vec![0f32; images.len() * INPUT_LEN];
+    for (bytes, slot) in images.into_iter().zip(buf.chunks_exact_mut(INPUT_LEN)) {
+        let probe = preprocess::probe(&bytes, &limits)?;
+        let kib = probe.decode_bytes.div_ceil(1024);
+        if kib > gate.memory_kib as u64 {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "image_too_large",
+                format!(
+                    "decoding this {}x{} {:?} image takes {} MiB, more than DECODE_MEMORY_MB={}",
+                    probe.width,
+                    probe.height,
+                    probe.format,
+                    kib.div_ceil(1024),
+                    gate.memory_kib / 1024
+                ),
+            ));
+        }
+        let closed = |_| ApiError::unavailable("stopped", "the server is shutting down");
+        let _memory = gate.memory.acquire_many(kib as u32).await.map_err(closed)?;
+        let _slot = gate.slots.acquire().await.map_err(closed)?;
+        let metrics = state.metrics.clone();
+        let turns = turns.clone();
+        let mut out = vec![0f32; INPUT_LEN];
+        let out = web::block(move || {
+            let _turn = turns.as_deref().map(CpuTurns::preprocessing);
             let t = Instant::now();
-            preprocess::preprocess_into(bytes, &limits, slot)?;
+            preprocess::preprocess_probed(&bytes, &probe, &mut out)?;
             metrics
                 .preprocess_seconds
                 .observe(t.elapsed().as_secs_f64());
-        }
-        Ok::<_, PreprocessError>(buf)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("preprocessing task failed: {e}"),
-        )
-    })?
-    .map_err(ApiError::from)
+            Ok::<_, PreprocessError>(out)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("preprocessing task failed: {e}"),
+            )
+        })??;
+        slot.copy_from_slice(&out);
+    }
+    Ok(buf)
 }

@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::config::ServeArgs;
+use super::request::DecodeGate;
+use crate::config::{ServeArgs, num_cpus};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::preprocess::DecodeLimits;
@@ -19,6 +20,7 @@ pub struct AppState {
     pub args: ServeArgs,
     pub metrics: Arc<Metrics>,
     pub decode_limits: DecodeLimits,
+    pub decode_gate: DecodeGate,
     /// Set once, after the weights loaded and a warm-up forward pass ran.
     pub engine: OnceLock<Engine>,
     pub weights_info: OnceLock<WeightsInfo>,
@@ -50,6 +52,13 @@ impl AppState {
             decode_limits: DecodeLimits {
                 max_pixels: args.max_image_pixels,
             },
+            decode_gate: DecodeGate::new(
+                match args.decode_threads {
+                    0 => num_cpus(),
+                    n => n,
+                },
+                args.decode_memory_mb << 20,
+            ),
             args,
             metrics: Arc::new(Metrics::new()),
             engine: OnceLock::new(),

@@ -3,7 +3,7 @@
 use std::io::Cursor;
 
 use image::error::{ImageError, LimitErrorKind};
-use image::{DynamicImage, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeLimits {
@@ -48,10 +48,24 @@ fn classify(e: ImageError) -> PreprocessError {
     }
 }
 
-/// Decodes any supported format to 8-bit RGB like PIL's `convert("RGB")`: grey is replicated,
-/// palettes are expanded, alpha is dropped (not composited), 16-bit samples are scaled to 8 bits.
-/// EXIF orientation is ignored, as PIL does without `ImageOps.exif_transpose`.
-pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, PreprocessError> {
+/// An image checked from its header alone, before any pixel is decoded: its format, size, and
+/// the memory decoding it will take.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub format: image::ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// The bytes a decode holds at its peak: the decoded buffer (at the decoder's own sample
+    /// size: 16-bit RGBA is 8 bytes a pixel), the 8-bit RGB copy when the decoder's output is not
+    /// that already, a progressive JPEG's coefficient buffers, and the resize's row buffer.
+    pub decode_bytes: u64,
+    /// JPEG: the bytes up to its end-of-image marker (what is decoded).
+    jpeg_end: Option<usize>,
+}
+
+/// Reads the header: the format, the size against `limits`, and for a JPEG its marker
+/// structure (complete, not too many scans). Cheap: nothing is decoded.
+pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Probe, PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
@@ -59,27 +73,77 @@ pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Prep
     if !format.reading_enabled() {
         return Err(PreprocessError::Unsupported(format!("{format:?}")));
     }
-    // Read the header first, so a bomb is refused before anything is allocated for it.
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
+    let decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
         .map_err(classify)?;
-    if width as u64 * height as u64 > limits.max_pixels {
+    let (width, height) = decoder.dimensions();
+    let decoded_bpp = decoder.color_type().bytes_per_pixel() as u64;
+    let rgb8 = decoder.color_type() == image::ColorType::Rgb8;
+    drop(decoder);
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_pixels {
         return Err(PreprocessError::TooManyPixels {
             width,
             height,
             limit: limits.max_pixels,
         });
     }
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(PreprocessError::Decode(
-            "truncated JPEG: no end-of-image marker".into(),
-        ));
+    let mut decode_bytes = pixels * decoded_bpp + height as u64 * 224 * 3;
+    let mut jpeg_end = None;
+    if format == image::ImageFormat::Jpeg {
+        let layout = jpeg_layout(bytes).ok_or_else(|| {
+            PreprocessError::Decode("truncated JPEG: no end-of-image marker".into())
+        })?;
+        if layout.scans > MAX_JPEG_SCANS {
+            return Err(PreprocessError::Decode(format!(
+                "JPEG has {} scans, more than the limit of {MAX_JPEG_SCANS}",
+                layout.scans
+            )));
+        }
+        // libjpeg writes RGB directly; a progressive image also keeps every coefficient
+        // (2 bytes per sample, 3 components at most).
+        decode_bytes = pixels * 3 + height as u64 * 224 * 3;
+        if layout.progressive {
+            decode_bytes += pixels * 6;
+        }
+        jpeg_end = Some(layout.end);
+    } else if !rgb8 {
+        decode_bytes += pixels * 3;
     }
-    if format == image::ImageFormat::Jpeg
-        && let Some(rgb) = decode_jpeg_libjpeg(bytes)?
-    {
-        return Ok(rgb);
-    }
+    Ok(Probe {
+        format,
+        width,
+        height,
+        decode_bytes,
+        jpeg_end,
+    })
+}
+
+/// Decodes any supported format to 8-bit RGB like PIL's `convert("RGB")`: grey is replicated,
+/// palettes are expanded, alpha is dropped (not composited), 16-bit samples are scaled to 8 bits.
+/// EXIF orientation is ignored, as PIL does without `ImageOps.exif_transpose`.
+pub fn decode_rgb8(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, PreprocessError> {
+    decode_probed(bytes, &probe(bytes, limits)?)
+}
+
+/// [`decode_rgb8`] of an image [`probe`] has passed.
+pub fn decode_probed(bytes: &[u8], probe: &Probe) -> Result<RgbImage, PreprocessError> {
+    let Probe {
+        format,
+        width,
+        height,
+        ..
+    } = *probe;
+    let bytes = match probe.jpeg_end {
+        Some(end) => {
+            let bytes = &bytes[..end];
+            if let Some(rgb) = decode_jpeg_libjpeg(bytes, (width, height))? {
+                return Ok(rgb);
+            }
+            bytes
+        }
+        None => bytes,
+    };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut l = Limits::default();
     l.max_image_width = Some(width);
@@ -116,7 +180,12 @@ fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
 /// "slow" IDCT and fancy chroma upsampling, so pixels match PIL's exactly (zune-jpeg, the `image`
 /// crate's decoder, differs by 1-4 levels on ~20% of pixels). `None` for colour spaces PIL
 /// converts differently (CMYK/YCCK): those go through the `image` crate.
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>, PreprocessError> {
+/// `header`: the size read from the header, which the pixel limit was checked against; the
+/// decoder must agree with it before anything is allocated.
+fn decode_jpeg_libjpeg(
+    bytes: &[u8],
+    header: (u32, u32),
+) -> Result<Option<RgbImage>, PreprocessError> {
     use mozjpeg::{ColorSpace, Decompress};
     // libjpeg reports fatal errors by unwinding; keep any such unwind inside this function.
     let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
@@ -128,6 +197,12 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>, PreprocessError
             return Ok(None);
         }
         let (w, h) = d.size();
+        if (w as u64, h as u64) != (header.0 as u64, header.1 as u64) {
+            return Err(std::io::Error::other(format!(
+                "libjpeg reads {w}x{h}, the header said {}x{}",
+                header.0, header.1
+            )));
+        }
         let mut started = d.rgb()?;
         let data = started.read_scanlines::<u8>()?;
         started.finish()?;
@@ -142,16 +217,75 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<RgbImage>, PreprocessError
 }
 
 /// The JPEG decoder fills a cut-off stream with grey instead of failing; PIL refuses it
-/// ("image file is truncated"), and so do we: an end-of-image marker (FF D9) must follow the
-/// last start-of-scan (FF DA). Entropy-coded data never contains either (FF is byte-stuffed).
-/// Scanning back from the end, the first of the two met decides: in a whole file that is the
-/// EOI in the last bytes, without reading the (megabyte-long) scan data before it.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    bytes
-        .windows(2)
-        .rev()
-        .find(|w| *w == [0xFF, 0xD9] || *w == [0xFF, 0xDA])
-        .is_some_and(|w| w[1] == 0xD9)
+/// ("image file is truncated"), and so do we: the markers, walked forward from the start, must
+/// reach an end-of-image marker ([`jpeg_layout`]).
+/// Most scans a JPEG may have. Each scan of a progressive JPEG makes libjpeg pass over the whole
+/// coefficient buffer again, so a small file of thousands of tiny scans is a CPU bomb; real
+/// encoders write 1–3 (baseline) or about 10 (progressive, mozjpeg's most).
+pub const MAX_JPEG_SCANS: usize = 100;
+
+/// A JPEG's top-level structure, from walking its markers forward as a decoder does.
+#[derive(Debug, PartialEq)]
+pub struct JpegLayout {
+    /// Index just past the first top-level end-of-image marker (FF D9): what a decoder reads.
+    /// Anything after it (a phone's motion-photo video, padding) is not image data.
+    pub end: usize,
+    /// Start-of-scan markers met before the end.
+    pub scans: usize,
+    /// A progressive frame (SOF2, SOF6, SOF10, SOF14): the decoder keeps every coefficient.
+    pub progressive: bool,
+}
+
+/// Walks the markers from SOI: a segment's declared length is skipped whole (so the FF D9 of an
+/// EXIF thumbnail inside APP1 is never mistaken for the end), and after a start-of-scan the
+/// entropy-coded data runs to the next FF that is neither a stuffed FF 00 nor a restart marker.
+/// Stray bytes between segments are skipped, as libjpeg does. `None`: the data ends before an
+/// end-of-image marker (truncated) or a segment length is impossible.
+pub fn jpeg_layout(bytes: &[u8]) -> Option<JpegLayout> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2;
+    let mut scans = 0;
+    let mut progressive = false;
+    loop {
+        // The next marker: FF, any number of FF fill bytes, then the code.
+        i += memchr::memchr(0xFF, bytes.get(i..)?)?;
+        while bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let code = *bytes.get(i + 1)?;
+        match code {
+            0xD9 => {
+                return Some(JpegLayout {
+                    end: i + 2,
+                    scans,
+                    progressive,
+                });
+            }
+            // No length: SOI, TEM, restart markers; FF 00 outside a scan is stray data.
+            0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let len = u16::from_be_bytes([*bytes.get(i + 2)?, *bytes.get(i + 3)?]) as usize;
+                if len < 2 {
+                    return None;
+                }
+                i += 2 + len;
+                progressive |= matches!(code, 0xC2 | 0xC6 | 0xCA | 0xCE);
+                if code == 0xDA {
+                    scans += 1;
+                    // Entropy-coded data: up to the first FF followed by a real marker.
+                    loop {
+                        i += memchr::memchr(0xFF, bytes.get(i..)?)?;
+                        match *bytes.get(i + 1)? {
+                            0x00 | 0xD0..=0xD7 | 0xFF => i += 1,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -205,18 +339,77 @@ mod tests {
         );
     }
 
+    /// A segment: marker, big-endian length (counting itself), payload.
+    fn segment(code: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() + 2) as u16;
+        [&[0xFF, code][..], &len.to_be_bytes(), payload].concat()
+    }
+
     #[test]
-    fn a_jpeg_is_complete_when_an_end_marker_follows_the_last_scan() {
-        let soi = [0xFF, 0xD8];
-        let (sos, eoi) = ([0xFF, 0xDA], [0xFF, 0xD9]);
-        // An EXIF thumbnail: a whole JPEG (scan and end marker) before the main image's scan.
+    fn the_jpeg_walk_finds_the_top_level_end_marker() {
+        let (soi, eoi) = ([0xFF, 0xD8], [0xFF, 0xD9]);
+        let sos = segment(0xDA, &[1, 1, 0, 0, 0x3F, 0]);
+        // An EXIF thumbnail inside APP1: a whole JPEG, end marker included.
         let thumb = [&soi[..], &sos, &[1, 2], &eoi].concat();
-        let whole = [&soi[..], &thumb, &sos, &[7, 0xFF, 0, 9], &eoi].concat();
-        assert!(jpeg_is_complete(&whole));
-        assert!(jpeg_is_complete(&[&whole[..], &[0, 0]].concat())); // trailing bytes
-        assert!(!jpeg_is_complete(&whole[..whole.len() - 2])); // cut before the end marker
-        assert!(!jpeg_is_complete(&[&soi[..], &thumb, &sos, &[7]].concat()));
-        assert!(!jpeg_is_complete(&[&soi[..], &[1, 2, 3]].concat())); // no scan at all
+        let app1 = segment(0xE1, &thumb);
+        // Entropy data with a stuffed FF 00, fill bytes and a restart marker.
+        let data = [7, 0xFF, 0, 9, 0xFF, 0xD0, 3, 0xFF, 0xFF, 0xD1, 4];
+        let whole = [&soi[..], &app1, &sos, &data, &eoi].concat();
+        let layout = jpeg_layout(&whole).unwrap();
+        assert_eq!((layout.end, layout.scans), (whole.len(), 1));
+        // A motion photo: an MP4 after the end marker, whose bytes hold FF DA and FF D9.
+        let mp4 = [
+            &[0, 0, 0, 0x18][..],
+            b"ftypmp42",
+            &[0xFF, 0xDA, 0, 4, 0xFF, 0xD9, 0xFF],
+        ]
+        .concat();
+        let motion = [&whole[..], &mp4].concat();
+        assert_eq!(jpeg_layout(&motion).unwrap().end, whole.len());
+        // Truncated: before the end marker, inside the entropy data, inside a segment.
+        assert_eq!(jpeg_layout(&whole[..whole.len() - 2]), None);
+        assert_eq!(jpeg_layout(&whole[..whole.len() - 5]), None);
+        assert_eq!(jpeg_layout(&whole[..app1.len()]), None);
+        assert_eq!(jpeg_layout(&[0xFF, 0xD8, 1, 2, 3]), None);
+        assert_eq!(jpeg_layout(b"not a jpeg"), None);
+        // Three scans (progressive).
+        let three = [&soi[..], &sos, &[1], &sos, &[2], &sos, &[3], &eoi].concat();
+        assert_eq!(jpeg_layout(&three).unwrap().scans, 3);
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// Pillow reads a phone's motion photo (JPEG + MP4 appended) as the JPEG; so do we, pixel
+    /// for pixel.
+    #[test]
+    fn a_jpeg_with_a_video_appended_decodes_as_the_jpeg() {
+        let jpeg = fixture("cat.jpg");
+        let mut motion = jpeg.clone();
+        motion.extend_from_slice(&[0, 0, 0, 0x18]);
+        motion.extend_from_slice(b"ftypmp42isommp42");
+        motion.extend((0..50_000u32).map(|i| [0xFF, 0xDA, 0x00, 0xD9][i as usize % 4]));
+        let l = DecodeLimits::default();
+        assert_eq!(
+            decode_rgb8(&motion, &l).unwrap(),
+            decode_rgb8(&jpeg, &l).unwrap()
+        );
+    }
+
+    /// Thousands of tiny scans make libjpeg pass over the whole image again each time.
+    #[test]
+    fn a_jpeg_with_too_many_scans_is_refused_before_decoding() {
+        let jpeg = fixture("cat.jpg");
+        let empty_scan = segment(0xDA, &[1, 1, 0, 0, 0x3F, 0]);
+        let mut bomb = jpeg[..jpeg.len() - 2].to_vec();
+        for _ in 0..MAX_JPEG_SCANS {
+            bomb.extend_from_slice(&empty_scan);
+        }
+        bomb.extend_from_slice(&[0xFF, 0xD9]);
+        let err = decode_rgb8(&bomb, &DecodeLimits::default()).unwrap_err();
+        assert!(err.to_string().contains("scans"), "{err}");
     }
 
     #[test]

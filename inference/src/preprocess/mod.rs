@@ -8,14 +8,14 @@
 //! resampling for the 224×224 pixels the crop keeps; [`normalize`] is ToTensor + Normalize. This
 //! file chains them.
 //!
-//! Stands alone (only `image`, `mozjpeg` and `thiserror`; nothing from the rest of the crate) so
+//! Stands alone (only `image`, `mozjpeg`, `memchr` and `thiserror`; nothing from the rest of the crate) so
 //! the fuzz target can build it by itself.
 
 pub mod decode;
 pub mod normalize;
 pub mod resize;
 
-pub use decode::{DecodeLimits, PreprocessError, decode_rgb8};
+pub use decode::{DecodeLimits, PreprocessError, Probe, decode_probed, decode_rgb8, probe};
 pub use normalize::{INPUT_LEN, normalize_into};
 pub use resize::{
     Filter, INPUT_SIZE, RESIZE_SHORT_SIDE, center_crop_offset, resize_center_crop,
@@ -28,7 +28,17 @@ pub fn preprocess_into(
     limits: &DecodeLimits,
     out: &mut [f32],
 ) -> Result<(), PreprocessError> {
-    let rgb = decode_rgb8(bytes, limits)?;
+    preprocess_probed(bytes, &probe(bytes, limits)?, out)
+}
+
+/// [`preprocess_into`] of an image [`probe`] has passed (the caller has set aside the memory
+/// it needs: `probe.decode_bytes`).
+pub fn preprocess_probed(
+    bytes: &[u8],
+    probe: &Probe,
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
+    let rgb = decode_probed(bytes, probe)?;
     normalize_into(&resize_center_crop(&rgb), out);
     Ok(())
 }

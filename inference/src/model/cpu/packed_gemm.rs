@@ -21,7 +21,7 @@
 //! CPU feature; a portable loop elsewhere. All three sum over k in the same order, one fused
 //! multiply-add per term, so they agree with each other to rounding of the FMA itself.
 
-use super::isa::Isa;
+use super::isa::{Isa, Kind};
 
 /// Columns per packed panel: four AVX-512 vectors.
 pub const NR: usize = 64;
@@ -154,11 +154,12 @@ unsafe fn panel(
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        match isa {
+        // `isa` can only have been made after checking the CPU (see `Isa`).
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::panel_avx512(t, rows, a, b, c, epi),
+            Kind::Avx512 => x86::panel_avx512(t, rows, a, b, c, epi),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::panel_avx2(t, rows, a, b, c, epi),
+            Kind::Avx2 => x86::panel_avx2(t, rows, a, b, c, epi),
             _ => panel_portable(t, rows, a, b, c, epi),
         }
     }
@@ -435,18 +436,7 @@ mod tests {
     /// that start inside B, strided A and C, accumulate and both epilogues.
     #[test]
     fn kernels_match_a_reference_product() {
-        let mut isas = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = Isa::available();
         assert!(isas.contains(&Isa::detect()));
         for &(rows, k, n, c0, c1) in &[
             (1, 3, 32, 0, 32),
