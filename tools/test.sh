@@ -18,4 +18,18 @@ phase "build release binaries" cargo build --release --workspace --bins
 export INFERENCE_SERVER_BIN=$PWD/target/release/inference-server
 export LOCAL_NODE_BIN=$PWD/target/release/local-node
 phase "cargo test (workspace, release)" cargo test --release --workspace --no-fail-fast
+# The CPU network picks the widest kernels the CPU has; run the narrower ones here too, so every
+# kernel set is tested on this machine (the GEMM unit test already covers each one alone).
+narrower_kernels() {
+  local isa
+  for isa in avx2 portable; do
+    if [ "$isa" = avx2 ] && ! grep -qw avx2 /proc/cpuinfo; then continue; fi
+    if [ "$isa" = avx2 ] && ! grep -qw avx512vl /proc/cpuinfo; then
+      echo "avx2 is this CPU's widest set: the main run covered it"; continue
+    fi
+    INFERENCE_ISA=$isa cargo test --release -p inference-server --test model_equivalence \
+      -- cpu_model_matches_stock_candle_resnet50
+  done
+}
+phase "CPU network with forced narrower kernels (INFERENCE_ISA)" narrower_kernels
 echo "::: all tests: $(( $(date +%s) - start ))s :::"

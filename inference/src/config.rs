@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// Most images in one Open Inference Protocol request.
     #[arg(long, env = "MAX_CLIENT_BATCH", default_value_t = 32)]
     pub max_client_batch: usize,
+    /// /health fails (so Kubernetes restarts the pod) after this many forward passes in a row
+    /// have failed; it also fails at once when the model thread is gone.
+    #[arg(long, env = "UNHEALTHY_AFTER_FAILED_PASSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unhealthy_after_failed_passes: u32,
     /// After SIGTERM: /ready answers 503 at once, requests are still served for this long (so
     /// load balancers stop sending), then the listener closes and in-flight requests finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 5.0, value_parser = seconds)]

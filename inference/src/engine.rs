@@ -6,7 +6,7 @@
 //! On the CPU, preprocessing and the forward pass take turns on the cores ([`CpuTurns`]).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -82,6 +82,46 @@ impl CpuTurns {
     }
 }
 
+/// What liveness needs to know about the model thread: whether it still runs, and how many
+/// forward passes in a row have failed. A server whose model thread died, or whose every pass
+/// fails (a wedged GPU, a corrupted buffer), should be restarted, not left answering 500s.
+#[derive(Default)]
+pub struct ModelHealth {
+    stopped: AtomicBool,
+    failures_in_a_row: AtomicU32,
+}
+
+impl ModelHealth {
+    /// `Err(why)` when the thread is gone or the last `max_failures` passes all failed.
+    pub fn check(&self, max_failures: u32) -> Result<(), String> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err("the model thread has stopped".into());
+        }
+        let failures = self.failures_in_a_row.load(Ordering::Acquire);
+        if failures >= max_failures {
+            return Err(format!("the last {failures} forward passes failed"));
+        }
+        Ok(())
+    }
+
+    fn passed(&self, ok: bool) {
+        if ok {
+            self.failures_in_a_row.store(0, Ordering::Release);
+        } else {
+            self.failures_in_a_row.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Marks the model thread stopped however it ends (return or panic).
+struct StopGuard(Arc<ModelHealth>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EngineError {
     #[error("the server is at capacity ({0} requests queued); retry shortly")]
@@ -116,11 +156,15 @@ struct Job {
 /// Released when the model thread takes the job (or when the request fails before that).
 pub struct Permit {
     pending: Arc<AtomicUsize>,
+    /// `ml_inference_queue_depth`: raised when the permit is made, lowered when it drops, so it
+    /// counts exactly the admitted requests and can never read below zero.
+    depth: prometheus::IntGauge,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.depth.dec();
     }
 }
 
@@ -134,6 +178,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     classes: usize,
     turns: Option<Arc<CpuTurns>>,
+    health: Arc<ModelHealth>,
 }
 
 impl Engine {
@@ -148,9 +193,14 @@ impl Engine {
             queued: queued.clone(),
         };
         let t = turns.clone();
+        let health = Arc::<ModelHealth>::default();
+        let guard = StopGuard(health.clone());
         std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || run(model, rx, cfg, m, (t, counts)))
+            .spawn(move || {
+                let _guard = guard;
+                run(model, rx, cfg, m, (t, counts), &_guard.0)
+            })
             .expect("spawn the model thread");
         Self {
             tx,
@@ -160,7 +210,13 @@ impl Engine {
             metrics,
             classes,
             turns,
+            health,
         }
+    }
+
+    /// The model thread's health, for liveness.
+    pub fn health(&self) -> &ModelHealth {
+        &self.health
     }
 
     /// Where preprocessing must take its turn on the cores (`None`: the model is not on the CPU).
@@ -180,8 +236,10 @@ impl Engine {
             self.metrics.rejected.inc();
             return Err(EngineError::QueueFull(max));
         }
+        self.metrics.queue_depth.inc();
         Ok(Permit {
             pending: self.pending.clone(),
+            depth: self.metrics.queue_depth.clone(),
         })
     }
 
@@ -218,7 +276,7 @@ impl Engine {
         // Counted first: the model thread may take the job as soon as it is sent.
         self.queued.fetch_add(1, Ordering::AcqRel);
         match self.tx.try_send(job) {
-            Ok(()) => self.metrics.queue_depth.inc(),
+            Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
                 self.metrics.rejected.inc();
@@ -251,8 +309,7 @@ impl Counts {
     }
 
     /// The model thread took `job` off the queue: its place is free again.
-    fn taken(&self, job: &mut Job, metrics: &Metrics) {
-        metrics.queue_depth.dec();
+    fn taken(&self, job: &mut Job) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
         job.permit = None;
     }
@@ -265,6 +322,7 @@ fn run(
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
     (turns, counts): (Option<Arc<CpuTurns>>, Counts),
+    health: &ModelHealth,
 ) {
     let mut carry: Option<Job> = None;
     let mut last_batch = 0;
@@ -275,7 +333,7 @@ fn run(
                 let idle = Instant::now();
                 let job = match rx.recv() {
                     Ok(mut job) => {
-                        counts.taken(&mut job, &metrics);
+                        counts.taken(&mut job);
                         job
                     }
                     Err(_) => return, // every sender dropped: the server is gone
@@ -305,7 +363,7 @@ fn run(
         let mut images = 0;
         for job in std::iter::once(first).chain(std::iter::from_fn(|| match rx.try_recv() {
             Ok(mut job) => {
-                counts.taken(&mut job, &metrics);
+                counts.taken(&mut job);
                 Some(job)
             }
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
@@ -332,11 +390,12 @@ fn run(
             continue;
         }
         last_batch = images;
-        run_batch(model.as_ref(), jobs, images, &metrics);
+        health.passed(run_batch(model.as_ref(), jobs, images, &metrics));
     }
 }
 
-fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics: &Metrics) {
+/// Runs one batch and answers its requests; `false` when the forward pass failed.
+fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics: &Metrics) -> bool {
     let started = Instant::now();
     let input = if jobs.len() == 1 {
         std::mem::take(&mut jobs[0].input)
@@ -370,12 +429,17 @@ fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics:
                 offset += len;
                 let _ = job.reply.send(Ok(out));
             }
+            true
         }
-        Ok(logits) => fail_all(
-            jobs,
-            format!("model returned {} values for {images} images", logits.len()),
-        ),
-        Err(e) => fail_all(jobs, format!("{e:#}")),
+        Ok(logits) => {
+            let message = format!("model returned {} values for {images} images", logits.len());
+            fail_all(jobs, message);
+            false
+        }
+        Err(e) => {
+            fail_all(jobs, format!("{e:#}"));
+            false
+        }
     }
 }
 
@@ -454,6 +518,64 @@ mod tests {
         assert_eq!(b.iter().sum::<usize>(), 9);
         assert!(b.iter().all(|&n| n <= 4), "batch over max_batch: {b:?}");
         assert!(b.len() < 9, "nothing was batched: {b:?}");
+    }
+
+    /// Fails the forward passes whose first value is negative; panics in `classes` once told to.
+    struct Flaky(Arc<AtomicBool>);
+
+    impl BatchModel for Flaky {
+        fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+            anyhow::ensure!(input[0] >= 0.0, "bad pass");
+            Ok(vec![0.0; n * 2])
+        }
+        fn classes(&self) -> usize {
+            assert!(!self.0.load(Ordering::Acquire), "the model thread dies");
+            2
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_after_failed_passes_in_a_row_and_when_the_thread_dies() {
+        let die = Arc::new(AtomicBool::new(false));
+        let cfg = EngineConfig {
+            max_batch: 1,
+            max_queue: 4,
+            queue_timeout: Duration::from_secs(10),
+            shares_cpu: false,
+        };
+        let engine = Engine::start(Box::new(Flaky(die.clone())), cfg, Arc::new(Metrics::new()));
+        assert_eq!(engine.health().check(3), Ok(()));
+        for _ in 0..2 {
+            assert!(engine.infer(image(-1.0), 1).await.is_err());
+        }
+        assert_eq!(
+            engine.health().check(3),
+            Ok(()),
+            "two failures are not three"
+        );
+        engine.infer(image(1.0), 1).await.unwrap();
+        for _ in 0..3 {
+            assert!(engine.infer(image(-1.0), 1).await.is_err());
+        }
+        let err = engine.health().check(3).unwrap_err();
+        assert!(err.contains("3 forward passes failed"), "{err}");
+        engine.infer(image(1.0), 1).await.unwrap();
+        assert_eq!(
+            engine.health().check(3),
+            Ok(()),
+            "a good pass resets the count"
+        );
+        // A panic outside the forward pass ends the thread: liveness must say so.
+        die.store(true, Ordering::Release);
+        assert!(engine.infer(image(1.0), 1).await.is_err());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.health().check(3).is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            engine.health().check(3),
+            Err("the model thread has stopped".into())
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -211,6 +211,21 @@ fn health_ready_version_and_metrics() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     // On a CPU the server runs the optimised network, not the candle reference.
     assert_eq!(v["implementation"], "cpu-nhwc");
+    // The weights' SHA-256 (what sha256sum prints), and not where the file lives.
+    let sha: String = {
+        use sha2::Digest;
+        let bytes = std::fs::read(common::weights()).unwrap();
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(v["weights"]["sha256"], sha.as_str());
+    assert!(
+        !body.contains(".safetensors"),
+        "/version reveals the path: {body}"
+    );
+    assert!(["avx512", "avx2", "portable"].contains(&v["isa"].as_str().unwrap()));
     assert!(v["max_queue"].as_u64().unwrap() >= 1);
     assert!(
         s.logs().iter().any(|l| l.contains("RANDOM weights")),
@@ -226,6 +241,22 @@ fn health_ready_version_and_metrics() {
     assert_eq!(metric(&m, "ml_inference_preprocess_seconds_count"), 1.0);
     assert!(metric(&m, "ml_inference_model_seconds_count") >= 1.0);
     assert!(metric(&m, "ml_inference_model_load_seconds") > 0.0);
+    // Nothing admitted now: the depth is back to zero (it never reads -1).
+    assert_eq!(metric(&m, "ml_inference_queue_depth"), 0.0);
+    assert!(metric(&m, "process_resident_memory_bytes") > 50e6);
+    let info = m
+        .lines()
+        .find(|l| l.starts_with("ml_inference_build_info{"))
+        .expect("build_info in /metrics");
+    assert!(
+        info.contains(r#"device="cpu""#)
+            && info.contains(r#"implementation="cpu-nhwc""#)
+            && info.ends_with(" 1"),
+        "{info}"
+    );
+    // Preprocess buckets resolve a 1 ms decode; batch buckets reach MAX_BATCH_SIZE's maximum.
+    assert!(m.contains(r#"ml_inference_preprocess_seconds_bucket{le="0.001"}"#));
+    assert!(m.contains(r#"ml_inference_batch_size_bucket{le="256"}"#));
     for name in [
         "ml_inference_in_flight_requests",
         "ml_inference_queue_depth",
@@ -422,6 +453,12 @@ fn sigterm_drains_then_exits_zero() {
     std::thread::sleep(Duration::from_millis(300));
     let (status, body) = s.get("/ready");
     assert_eq!((status, body.as_str()), (503, r#"{"status":"draining"}"#));
+    // Answers while draining close their connection, so keep-alive clients move elsewhere.
+    let r = s.agent.get(s.url("/health")).call().unwrap();
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
     // Still serving during the grace period.
     assert_eq!(s.post("/predict", "image/jpeg", &cat).status, 200);
     assert_eq!(in_flight.join().unwrap(), 200);

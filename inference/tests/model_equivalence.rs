@@ -4,6 +4,7 @@
 mod common;
 
 use candle_core::{Device, Module, Tensor};
+use inference_server::model::cpu::isa::Isa;
 use inference_server::model::weights;
 use inference_server::model::{self, INPUT_LEN, Model};
 
@@ -64,6 +65,12 @@ fn cpu_model_matches_stock_candle_resnet50() {
     let w = weights::load(common::weights(), &Device::Cpu).unwrap();
     let ours = Model::new(&w, &Device::Cpu).unwrap();
     assert_eq!(ours.implementation(), "cpu-nhwc");
+    // tools/test.sh runs this again with INFERENCE_ISA=avx2 / portable: those kernels must be
+    // the ones that ran.
+    if let Ok(forced) = std::env::var("INFERENCE_ISA") {
+        assert_eq!(Isa::detect().name(), forced);
+    }
+    eprintln!("CPU kernels: {}", Isa::detect().name());
     // Batch 1 and an odd batch (3): GEMM edge tiles and per-image offsets both get exercised.
     assert_matches_stock(&w, &ours, 1, 1);
     assert_matches_stock(&w, &ours, 3, 2);

@@ -7,7 +7,18 @@ use serde_json::json;
 
 use super::state::{AppState, Phase};
 
+/// Liveness: 200 while loading and serving; 503 once the model thread has died or the last
+/// `UNHEALTHY_AFTER_FAILED_PASSES` forward passes all failed, so the kubelet restarts the pod.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let max_failures = state.args.unhealthy_after_failed_passes;
+    if let Some(Err(reason)) = state.engine.get().map(|e| e.health().check(max_failures)) {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "unhealthy",
+            "reason": reason,
+            "model": state.args.model_name,
+            "device": state.device_name(),
+        }));
+    }
     HttpResponse::Ok().json(json!({
         "status": "healthy",
         "model": state.args.model_name,
@@ -32,11 +43,11 @@ pub async fn version(state: web::Data<AppState>) -> HttpResponse {
         "device": state.device_name(),
         "cuda_build": cfg!(feature = "cuda"),
         "implementation": weights.map(|w| w.implementation),
+        "isa": weights.and_then(|w| w.isa),
         "max_batch_size": state.args.max_batch_size,
         "max_queue": state.args.max_queue,
         "weights": weights.map(|w| json!({
-            "path": state.args.model_path,
-            "fingerprint": w.fingerprint,
+            "sha256": w.sha256,
             "random": w.random_seed.is_some(),
         })),
     }))

@@ -4,13 +4,15 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 use candle_core::Device;
 
-use super::state::{AppState, WeightsInfo};
+use super::state::{AppState, Phase, WeightsInfo};
 use super::{ops, predict, v2};
 use crate::config::{GpuDtype, ServeArgs, num_cpus};
 use crate::engine::{BatchModel, Engine, EngineConfig};
+use crate::model::cpu::isa::Isa;
 use crate::model::device::{device_name, select_device};
 use crate::model::{INPUT_LEN, Model, weights};
 
@@ -38,10 +40,17 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
         .forward(vec![0.0; INPUT_LEN], 1)
         .map_err(|e| anyhow::anyhow!("warm-up forward pass failed: {e:#}"))?;
     let _ = state.weights_info.set(WeightsInfo {
-        fingerprint: w.sha256_prefix,
+        sha256: w.sha256,
         random_seed: w.random_seed,
         implementation: model.implementation(),
+        isa: matches!(model, Model::Cpu(_)).then(|| Isa::detect().name()),
     });
+    let info = state.weights_info.get().expect("set just above");
+    state.metrics.build_info(
+        &device_name(&device),
+        info.implementation,
+        info.isa.unwrap_or(""),
+    );
     let cfg = EngineConfig {
         max_batch: args.max_batch_size as usize,
         max_queue: args.max_queue as usize,
@@ -95,7 +104,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("model-load".into())
         .spawn(move || {
-            if let Err(e) = load_model(&loader_state, device) {
+            // A panic while loading must end the process too, not leave it "loading" forever.
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load_model(&loader_state, device)
+            }))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("loading the model panicked")));
+            if let Err(e) = loaded {
                 // One line, no backtrace: the file and tensor are in the message.
                 eprintln!("inference-server: error: {e:#}");
                 std::process::exit(1);
@@ -104,8 +118,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let app_state = state.clone();
     let server = HttpServer::new(move || {
+        let draining = app_state.clone();
         App::new()
             .app_data(app_state.clone())
+            // While draining, every answer closes its connection: keep-alive clients reconnect
+            // (to another pod) instead of reusing a connection to one that is going away.
+            .wrap_fn(move |req, srv| {
+                let fut = srv.call(req);
+                let draining = draining.clone();
+                async move {
+                    let mut res = fut.await?;
+                    if draining.phase() == Phase::Draining {
+                        res.response_mut()
+                            .head_mut()
+                            .set_connection_type(actix_web::http::ConnectionType::Close);
+                    }
+                    Ok(res)
+                }
+            })
             .configure(routes)
             .default_service(web::to(ops::not_found))
     })

@@ -10,10 +10,13 @@ use crate::metrics::Metrics;
 use crate::preprocess::DecodeLimits;
 
 pub struct WeightsInfo {
-    pub fingerprint: String,
+    /// SHA-256 of the weights file.
+    pub sha256: String,
     pub random_seed: Option<String>,
     /// Which forward pass runs (`Model::implementation`).
     pub implementation: &'static str,
+    /// The CPU network's kernels (`avx512`, `avx2`, `portable`); `None` on a GPU.
+    pub isa: Option<&'static str>,
 }
 
 pub struct AppState {

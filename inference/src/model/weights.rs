@@ -167,7 +167,8 @@ pub struct Weights {
     pub tensors: HashMap<String, Tensor>,
     /// `Some(seed)` when the file was written by [`write_random`]: not a trained model.
     pub random_seed: Option<String>,
-    pub sha256_prefix: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
 }
 
 /// Reads `path` and checks that every tensor ResNet50 needs is there with the right shape.
@@ -204,7 +205,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Weights, WeightsError> {
         random_seed: meta
             .get(RANDOM_WEIGHTS_KEY)
             .map(|v| v.trim_start_matches("seed=").to_string()),
-        sha256_prefix: short_digest(&bytes),
+        sha256: sha256_hex(&bytes),
     })
 }
 
@@ -235,14 +236,13 @@ fn to_f32_tensor(view: &TensorView<'_>, device: &Device) -> Result<Tensor, Strin
     t.to_device(device).map_err(|e| e.to_string())
 }
 
-/// A cheap, dependency-free content fingerprint (FNV-1a 64) shown in /version and logs.
-fn short_digest(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+/// The file's SHA-256, hex: what `sha256sum` prints, so a user can check which file a pod runs.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// SplitMix64: tiny, well-known and fully specified here, so the same seed gives the same weights
