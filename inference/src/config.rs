@@ -82,7 +82,8 @@ pub struct ServeArgs {
     /// Most images in one forward pass.
     #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_batch_size: u32,
-    /// Most requests waiting for the model; more are refused with 503 + Retry-After.
+    /// Most images admitted (decoding or waiting for the model); more are refused with 503 +
+    /// Retry-After. A request is admitted once its body has arrived.
     #[arg(long, env = "MAX_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
     /// A request that waited this long for the model is refused rather than run late.
@@ -97,6 +98,14 @@ pub struct ServeArgs {
     /// Largest request body; larger ones get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Memory the request bodies being received may hold together: each is charged its
+    /// Content-Length (MAX_BODY_BYTES when it sends none) before it is read; when this is spent,
+    /// new uploads get 503 at once.
+    #[arg(long, env = "BODY_MEMORY_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 22))]
+    pub body_memory_mb: u64,
+    /// The whole request body must arrive within this: a client that trickles it gets 408.
+    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub body_timeout_seconds: f64,
     /// Largest decoded image (width × height); larger ones get 413 before they are decoded.
     #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,

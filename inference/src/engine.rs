@@ -54,7 +54,8 @@ pub struct EngineConfig {
 /// lock prefers the waiting writer).
 ///
 /// Before taking its turn a batch that is not yet full also waits, up to [`GATHER`], for
-/// requests already admitted but not yet queued (body being read, or decode not started), and,
+/// requests already admitted but not yet queued (being decoded; a body still arriving is not
+/// admitted yet, so a slow uploader cannot hold a batch back), and,
 /// while fewer images are ready than the last batch held, for the clients of that batch to come
 /// back. Their decode has to run before the next forward pass anyway; starting without them
 /// cost a whole extra pass: at 8 concurrent requests batches alternated 1, 7, 1, 7. At one
@@ -124,8 +125,10 @@ impl Drop for StopGuard {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EngineError {
-    #[error("the server is at capacity ({0} requests queued); retry shortly")]
+    #[error("the server is at capacity ({0} images admitted); retry shortly")]
     QueueFull(usize),
+    #[error("{n} images in one request, more than MAX_QUEUE={max} can ever hold")]
+    TooManyImages { n: usize, max: usize },
     #[error("the request waited longer than {0:?} for the model")]
     Expired(Duration),
     #[error("inference failed: {0}")]
@@ -155,24 +158,40 @@ struct Job {
 /// refuses new work before spending CPU on it, so overload does not slow the admitted requests.
 /// Released when the model thread takes the job (or when the request fails before that).
 pub struct Permit {
+    /// Images this permit holds places for.
+    n: usize,
     pending: Arc<AtomicUsize>,
     /// `ml_inference_queue_depth`: raised when the permit is made, lowered when it drops, so it
     /// counts exactly the admitted requests and can never read below zero.
     depth: prometheus::IntGauge,
 }
 
+impl Permit {
+    /// Moves `k` of this permit's places to a new permit (one per sub-batch of a request).
+    fn split_off(&mut self, k: usize) -> Permit {
+        assert!(k <= self.n);
+        self.n -= k;
+        Permit {
+            n: k,
+            pending: self.pending.clone(),
+            depth: self.depth.clone(),
+        }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        self.depth.dec();
+        self.pending.fetch_sub(self.n, Ordering::AcqRel);
+        self.depth.sub(self.n as i64);
     }
 }
 
 pub struct Engine {
     tx: SyncSender<Job>,
-    /// Requests admitted and not yet taken by the model thread (≤ `max_queue`).
+    /// Images admitted and not yet taken by the model thread (≤ `max_queue`). A request is
+    /// admitted once its body has arrived, so these are decoding or queued.
     pending: Arc<AtomicUsize>,
-    /// Of those, the ones in the queue.
+    /// Of those, the images in the queue.
     queued: Arc<AtomicUsize>,
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
@@ -224,23 +243,40 @@ impl Engine {
         self.turns.clone()
     }
 
-    /// Takes a place in the queue, or refuses at once when `max_queue` requests are waiting.
-    pub fn admit(&self) -> Result<Permit, EngineError> {
+    /// Takes places for `n` images, or refuses at once when that would pass `max_queue` images
+    /// admitted and not yet in a forward pass. Places count images, not requests: a request of
+    /// 32 images weighs 32 times one of a single image.
+    pub fn admit(&self, n: usize) -> Result<Permit, EngineError> {
         let max = self.cfg.max_queue;
+        if n > max {
+            return Err(EngineError::TooManyImages { n, max });
+        }
         let taken = self
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                (p < max).then_some(p + 1)
+                (p + n <= max).then_some(p + n)
             });
         if taken.is_err() {
             self.metrics.rejected.inc();
             return Err(EngineError::QueueFull(max));
         }
-        self.metrics.queue_depth.inc();
+        self.metrics.queue_depth.add(n as i64);
         Ok(Permit {
+            n,
             pending: self.pending.clone(),
             depth: self.metrics.queue_depth.clone(),
         })
+    }
+
+    /// Whether `n` more images would be admitted now (takes nothing): lets a request be refused
+    /// before its body is read.
+    pub fn has_room(&self, n: usize) -> Result<(), EngineError> {
+        let max = self.cfg.max_queue;
+        if self.pending.load(Ordering::Acquire) + n > max {
+            self.metrics.rejected.inc();
+            return Err(EngineError::QueueFull(max));
+        }
+        Ok(())
     }
 
     pub fn classes(&self) -> usize {
@@ -253,18 +289,56 @@ impl Engine {
 
     /// Queues `n` preprocessed images (flat, n × 3 × 224 × 224) and waits for their logits.
     pub async fn infer(&self, input: Vec<f32>, n: usize) -> Result<Output, EngineError> {
-        let permit = self.admit()?;
+        let permit = self.admit(n)?;
         self.infer_admitted(permit, input, n).await
     }
 
-    /// [`Engine::infer`] for a request that already holds its place (see [`Engine::admit`]).
+    /// [`Engine::infer`] for a request that already holds its places (see [`Engine::admit`]).
+    /// More than `max_batch` images go as several jobs of at most `max_batch`, so no forward
+    /// pass (and no buffer it grows) is ever larger than `MAX_BATCH_SIZE`.
     pub async fn infer_admitted(
+        &self,
+        mut permit: Permit,
+        mut input: Vec<f32>,
+        n: usize,
+    ) -> Result<Output, EngineError> {
+        assert_eq!(input.len(), n * INPUT_LEN);
+        let max = self.cfg.max_batch;
+        if n <= max {
+            return self.infer_one(permit, input, n).await;
+        }
+        let mut parts = Vec::new();
+        let mut first = 0;
+        while first < n {
+            let k = max.min(n - first);
+            let rest = input.split_off(k * INPUT_LEN);
+            let part = std::mem::replace(&mut input, rest);
+            parts.push(self.infer_one(permit.split_off(k), part, k));
+            first += k;
+        }
+        let mut out = Output {
+            logits: Vec::with_capacity(n * self.classes),
+            queue_seconds: 0.0,
+            model_seconds: 0.0,
+            batch_size: 0,
+        };
+        for part in futures_util::future::join_all(parts).await {
+            let part = part?;
+            out.logits.extend_from_slice(&part.logits);
+            out.queue_seconds = out.queue_seconds.max(part.queue_seconds);
+            out.model_seconds += part.model_seconds;
+            out.batch_size = out.batch_size.max(part.batch_size);
+        }
+        Ok(out)
+    }
+
+    /// One job of at most `max_batch` images.
+    async fn infer_one(
         &self,
         permit: Permit,
         input: Vec<f32>,
         n: usize,
     ) -> Result<Output, EngineError> {
-        debug_assert_eq!(input.len(), n * INPUT_LEN);
         let (reply, rx) = oneshot::channel();
         let job = Job {
             permit: Some(permit),
@@ -274,16 +348,16 @@ impl Engine {
             reply,
         };
         // Counted first: the model thread may take the job as soon as it is sent.
-        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.queued.fetch_add(n, Ordering::AcqRel);
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.queued.fetch_sub(n, Ordering::AcqRel);
                 self.metrics.rejected.inc();
                 return Err(EngineError::QueueFull(self.cfg.max_queue));
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.queued.fetch_sub(n, Ordering::AcqRel);
                 return Err(EngineError::Stopped);
             }
         }
@@ -302,7 +376,7 @@ impl Counts {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Admitted requests not yet in the queue: reading their body or being decoded.
+    /// Admitted images not yet in the queue: being decoded.
     fn preparing(&self) -> usize {
         let queued = self.queued.load(Ordering::Acquire);
         self.pending.load(Ordering::Acquire).saturating_sub(queued)
@@ -310,7 +384,7 @@ impl Counts {
 
     /// The model thread took `job` off the queue: its place is free again.
     fn taken(&self, job: &mut Job) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queued.fetch_sub(job.n, Ordering::AcqRel);
         job.permit = None;
     }
 }
@@ -349,7 +423,7 @@ fn run(
         // decodes in progress (see `CpuTurns`); all of them join this batch.
         let _turn = turns.as_deref().map(|turns| {
             let deadline = Instant::now() + GATHER;
-            // Images ready (queued jobs count one each: a lower bound).
+            // Images ready.
             let ready = || first.n + counts.queued();
             while ready() < cfg.max_batch
                 && (counts.preparing() > 0 || ready() < last_batch)
@@ -627,16 +701,42 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn admission_is_bounded_and_places_come_back() {
         let (engine, _) = recording_engine(10, 1, 2);
-        let a = engine.admit().unwrap();
-        let b = engine.admit().unwrap();
-        // Two requests still reading their bodies fill the queue: the third is refused at once.
-        assert!(matches!(engine.admit(), Err(EngineError::QueueFull(2))));
+        let a = engine.admit(1).unwrap();
+        let b = engine.admit(1).unwrap();
+        // Two images being decoded fill the queue: the third is refused at once.
+        assert!(matches!(engine.admit(1), Err(EngineError::QueueFull(2))));
+        assert!(engine.has_room(1).is_err());
         drop(a); // that request failed (say, a bad image): its place is free again
-        let c = engine.admit().unwrap();
+        assert!(engine.has_room(1).is_ok());
+        let c = engine.admit(1).unwrap();
         // Taken by the model thread, a job gives its place back before it is answered.
         engine.infer_admitted(b, image(1.0), 1).await.unwrap();
         engine.infer_admitted(c, image(2.0), 1).await.unwrap();
-        let _d = engine.admit().unwrap();
-        let _e = engine.admit().unwrap();
+        // Places count images: a request of two takes both, one of three can never fit.
+        let two = engine.admit(2).unwrap();
+        assert!(matches!(engine.admit(1), Err(EngineError::QueueFull(2))));
+        drop(two);
+        assert!(matches!(
+            engine.admit(3),
+            Err(EngineError::TooManyImages { n: 3, max: 2 })
+        ));
+    }
+
+    /// A request of more images than MAX_BATCH_SIZE runs as several passes of at most that many,
+    /// and its answers come back in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_batch_over_max_batch_is_split() {
+        let (engine, batches) = recording_engine(1, 3, 16);
+        let input: Vec<f32> = (0..7).flat_map(|i| image(i as f32)).collect();
+        let out = engine.infer(input, 7).await.unwrap();
+        let firsts: Vec<f32> = out.logits.chunks(2).map(|c| c[0]).collect();
+        assert_eq!(firsts, (0..7).map(|i| i as f32).collect::<Vec<_>>());
+        let b = batches.lock().unwrap().clone();
+        assert!(
+            b.iter().all(|&n| n <= 3),
+            "a pass over MAX_BATCH_SIZE: {b:?}"
+        );
+        assert_eq!(b.iter().sum::<usize>(), 7);
+        assert_eq!(engine.metrics.queue_depth.get(), 0);
     }
 }

@@ -127,3 +127,47 @@ fn nonsense_settings_are_refused_at_start() {
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 }
+
+/// Seventy connections send their headers and trickle their bodies. They used to hold every
+/// queue place (a normal request got 503 at once for as long as they stayed); now they hold
+/// only their share of the body budget, normal clients are served, and the tricklers are cut
+/// off with 408 at BODY_TIMEOUT_SECONDS.
+#[test]
+fn slow_uploaders_do_not_starve_other_clients() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[("BODY_TIMEOUT_SECONDS", "3")]);
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut slow: Vec<std::net::TcpStream> = (0..70)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 300000\r\n\r\n\xff",
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for c in &mut slow {
+        c.write_all(&[0xD8]).unwrap();
+    }
+    let cat = image("cat.jpg");
+    let t = Instant::now();
+    let r = s.post("/predict", "image/jpeg", &cat);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let normal = t.elapsed();
+    assert!(
+        normal < Duration::from_secs(2),
+        "a normal request took {normal:?}"
+    );
+    // The tricklers are answered 408 once their deadline passes.
+    let mut first = slow.remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    let got = first.read(&mut answer).unwrap();
+    let head = String::from_utf8_lossy(&answer[..got]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    eprintln!("normal request beside 70 slow uploaders: {normal:?}");
+}

@@ -81,6 +81,11 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull(_) => Self::unavailable("queue_full", e.to_string()),
             EngineError::Expired(_) => Self::unavailable("queue_timeout", e.to_string()),
             EngineError::Stopped => Self::unavailable("stopped", e.to_string()),
+            EngineError::TooManyImages { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_images",
+                e.to_string(),
+            ),
             EngineError::Model(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "model_error",

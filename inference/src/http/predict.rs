@@ -116,9 +116,12 @@ pub async fn predict(
     let result = async {
         let engine = request::engine(&state)?;
         let k = parse_top_k(req.query_string())?;
-        // Refuse before reading and decoding the image when the queue is full.
-        let permit = engine.admit()?;
-        let bytes = image_bytes(&req, payload, state.args.max_body_bytes).await?;
+        // A full server refuses before reading the body; a place is taken only once it is in.
+        engine.has_room(1)?;
+        let limit = state.args.max_body_bytes;
+        let (bytes, _body) =
+            request::receive(&state, &req, image_bytes(&req, payload, limit)).await?;
+        let permit = engine.admit(1)?;
         let input = preprocess_all(&state, vec![bytes]).await?;
         let out = engine.infer_admitted(permit, input, 1).await?;
         Ok(json!({

@@ -3,13 +3,13 @@
 //! HTTP workers.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -60,6 +60,67 @@ pub fn check_content_length(req: &HttpRequest, limit: usize) -> Result<(), ApiEr
     match announced {
         Some(len) if len > limit as u64 => Err(too_large(limit)),
         _ => Ok(()),
+    }
+}
+
+/// What bodies being received may hold: a budget of bytes each request is charged before its
+/// body is read (its `Content-Length`, or `MAX_BODY_BYTES` when it does not say), and a deadline
+/// for the whole body. A client that trickles its body holds no queue place and no decode, and
+/// is cut off at the deadline; when the budget is spent, new uploads get 503 at once.
+pub struct BodyGate {
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+    timeout: Duration,
+}
+
+impl BodyGate {
+    pub fn new(memory_bytes: u64, timeout: Duration) -> Self {
+        let budget_kib = (memory_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as u32;
+        Self {
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+            timeout,
+        }
+    }
+}
+
+/// Reads a request's body with `read` under the body budget and deadline. The returned permit
+/// holds the body's share of the budget: keep it as long as the bytes are kept.
+pub async fn receive<T>(
+    state: &AppState,
+    req: &HttpRequest,
+    read: impl Future<Output = Result<T, ApiError>>,
+) -> Result<(T, OwnedSemaphorePermit), ApiError> {
+    let limit = state.args.max_body_bytes;
+    check_content_length(req, limit)?;
+    let gate = &state.body_gate;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(limit as u64);
+    let kib = announced.div_ceil(1024).clamp(1, gate.budget_kib as u64) as u32;
+    let permit = gate
+        .budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map_err(|_| {
+            ApiError::unavailable(
+                "uploads_full",
+                "too many request bodies are arriving at once (BODY_MEMORY_MB); retry shortly",
+            )
+        })?;
+    match tokio::time::timeout(gate.timeout, read).await {
+        Ok(body) => Ok((body?, permit)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within BODY_TIMEOUT_SECONDS={}",
+                gate.timeout.as_secs_f64()
+            ),
+        )),
     }
 }
 

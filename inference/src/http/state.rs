@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::request::DecodeGate;
+use super::request::{BodyGate, DecodeGate};
 use crate::config::{ServeArgs, num_cpus};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -24,6 +24,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub decode_limits: DecodeLimits,
     pub decode_gate: DecodeGate,
+    pub body_gate: BodyGate,
     /// Set once, after the weights loaded and a warm-up forward pass ran.
     pub engine: OnceLock<Engine>,
     pub weights_info: OnceLock<WeightsInfo>,
@@ -61,6 +62,10 @@ impl AppState {
                     n => n,
                 },
                 args.decode_memory_mb << 20,
+            ),
+            body_gate: BodyGate::new(
+                args.body_memory_mb << 20,
+                std::time::Duration::from_secs_f64(args.body_timeout_seconds),
             ),
             args,
             metrics: Arc::new(Metrics::new()),

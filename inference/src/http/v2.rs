@@ -286,10 +286,11 @@ pub async fn infer(
     let scope = RequestScope::begin(&state);
     let result = async {
         let engine = request::engine(&state)?;
-        request::check_content_length(&req, state.args.max_body_bytes)?;
-        // Refuse before reading and decoding when the queue is full.
-        let permit = engine.admit()?;
-        let body = request::read_limited(payload, state.args.max_body_bytes).await?;
+        // A full server refuses before reading the body; places are taken once it is in.
+        engine.has_room(1)?;
+        let limit = state.args.max_body_bytes;
+        let (body, _body_permit) =
+            request::receive(&state, &req, request::read_limited(payload, limit)).await?;
         let request: InferRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("bad_json", format!("invalid inference request: {e}")))?;
         let k = classification_k(&request)?;
@@ -300,6 +301,8 @@ pub async fn infer(
             ));
         };
         let max = state.args.max_client_batch;
+        let n = batch_dim(input, max)?;
+        let permit = engine.admit(n)?;
         let (batch, n) = match input.datatype.as_str() {
             "BYTES" => {
                 let images = bytes_input(input, max)?;
