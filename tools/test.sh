@@ -13,6 +13,17 @@ phase() {
   echo "::: ${name}: $(( $(date +%s) - t0 ))s (total $(( $(date +%s) - start ))s) :::"
 }
 phase "control plane binaries (hack/build-control-plane.sh)" hack/build-control-plane.sh
+# NVIDIA's tritonclient (PyPI) drives the v2 API in inference/tests/tritonclient.rs.
+triton_client() {
+  local venv=.state/venv-triton
+  if "$venv/bin/python" -c 'import tritonclient.http, numpy' 2>/dev/null \
+    && cmp -s tools/triton-requirements.txt "$venv/.requirements"; then return; fi
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tools/triton-requirements.txt
+  cp tools/triton-requirements.txt "$venv/.requirements"
+}
+phase "tritonclient venv (tools/triton-requirements.txt)" triton_client
+export TRITON_CLIENT_PYTHON=$PWD/.state/venv-triton/bin/python
 # Integration tests run these binaries as real processes (server, local node, operator).
 phase "build release binaries" cargo build --release --workspace --bins
 export INFERENCE_SERVER_BIN=$PWD/target/release/inference-server

@@ -277,6 +277,15 @@ fn open_inference_protocol_v2() {
     assert_eq!(status, 200);
     let meta: Value = serde_json::from_str(&meta).unwrap();
     assert_eq!(meta["outputs"][0]["shape"], json!([-1, 1000]));
+    // One input per model, so a generic client can fill a request from the metadata alone.
+    assert_eq!(meta["inputs"].as_array().unwrap().len(), 1);
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
+    let (_, meta) = s.get("/v2/models/resnet50-preprocessed");
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 3, 224, 224]));
+    assert_eq!(s.get("/v2/models/resnet50/versions/1.0/ready").0, 200);
+    assert_eq!(s.get("/v2/models/resnet50/versions/7/ready").0, 404);
+    assert_eq!(s.get("/v2/models/resnet50/config").0, 200);
     assert_eq!(s.get("/v2/models/other").0, 404);
 
     let cat = image("cat.jpg");
@@ -333,16 +342,25 @@ fn open_inference_protocol_v2() {
         "{first}"
     );
 
-    // FP32 tensor input: zeros, nested data.
+    // FP32 tensor input, to the preprocessed model: zeros, nested data.
     let zeros = json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
                                    "data": vec![vec![vec![vec![0.0; 224]; 224]; 3]; 1]}]});
     let r = s.post(
-        "/v2/models/resnet50/infer",
+        "/v2/models/resnet50-preprocessed/infer",
         "application/json",
         zeros.to_string().as_bytes(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["outputs"][0]["shape"], json!([1, 1000]));
+    assert_eq!(r.json()["model_name"], "resnet50-preprocessed");
+    // The images model says where tensors go.
+    let r = s.post(
+        "/v2/models/resnet50/infer",
+        "application/json",
+        zeros.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("-preprocessed"), "{}", r.error());
 
     // Malformed requests name the field at fault.
     let bad: Vec<(Value, &str, u16)> = vec![
@@ -368,12 +386,12 @@ fn open_inference_protocol_v2() {
             400,
         ),
         (
-            json!({"inputs": [{"name": "x", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1.0, 2.0]}]}),
+            json!({"model": "resnet50-preprocessed", "inputs": [{"name": "x", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1.0, 2.0]}]}),
             "inputs[0].data",
             400,
         ),
         (
-            json!({"inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": []}]}),
+            json!({"model": "resnet50-preprocessed", "inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": []}]}),
             "inputs[0].shape",
             400,
         ),
@@ -393,9 +411,15 @@ fn open_inference_protocol_v2() {
             400,
         ),
     ];
-    for (req, needle, status) in bad {
+    for (mut req, needle, status) in bad {
+        // `model` picks the endpoint (the images model unless said); it is not sent.
+        let model = req
+            .as_object_mut()
+            .unwrap()
+            .remove("model")
+            .map_or("resnet50".to_owned(), |m| m.as_str().unwrap().to_owned());
         let r = s.post(
-            "/v2/models/resnet50/infer",
+            &format!("/v2/models/{model}/infer"),
             "application/json",
             req.to_string().as_bytes(),
         );

@@ -3,13 +3,13 @@
 //! HTTP workers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -60,27 +60,6 @@ pub fn check_content_length(req: &HttpRequest, limit: usize) -> Result<(), ApiEr
     match announced {
         Some(len) if len > limit as u64 => Err(too_large(limit)),
         _ => Ok(()),
-    }
-}
-
-/// What bodies being received may hold: a budget of bytes each request is charged before its
-/// body is read (its `Content-Length`, or `MAX_BODY_BYTES` when it does not say), and a deadline
-/// for the whole body. A client that trickles its body holds no queue place and no decode, and
-/// is cut off at the deadline; when the budget is spent, new uploads get 503 at once.
-pub struct BodyGate {
-    budget: Arc<Semaphore>,
-    budget_kib: u32,
-    timeout: Duration,
-}
-
-impl BodyGate {
-    pub fn new(memory_bytes: u64, timeout: Duration) -> Self {
-        let budget_kib = (memory_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as u32;
-        Self {
-            budget: Arc::new(Semaphore::new(budget_kib as usize)),
-            budget_kib,
-            timeout,
-        }
     }
 }
 
@@ -154,27 +133,6 @@ impl<'a> RequestScope<'a> {
 impl Drop for RequestScope<'_> {
     fn drop(&mut self) {
         self.state.metrics.in_flight.dec();
-    }
-}
-
-/// What decoding may use at once: a slot per decode thread (sized to the cores), and a memory
-/// budget each image is charged from its header ([`preprocess::Probe::decode_bytes`]) before
-/// anything is allocated for it. Both are fair (first come, first served).
-pub struct DecodeGate {
-    slots: Semaphore,
-    memory: Semaphore,
-    /// The budget in KiB (the semaphore's unit).
-    memory_kib: u32,
-}
-
-impl DecodeGate {
-    pub fn new(threads: usize, memory_bytes: u64) -> Self {
-        let memory_kib = (memory_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as u32;
-        Self {
-            slots: Semaphore::new(threads.max(1)),
-            memory: Semaphore::new(memory_kib as usize),
-            memory_kib,
-        }
     }
 }
 

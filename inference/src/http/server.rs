@@ -78,10 +78,17 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/metrics").route(web::get().to(ops::metrics)))
         .service(resource("/v2").route(web::get().to(v2::server_metadata)))
         .service(resource("/v2/health/live").route(web::get().to(v2::live)))
-        .service(resource("/v2/health/ready").route(web::get().to(v2::server_ready)))
-        .service(resource("/v2/models/{model}").route(web::get().to(v2::model_metadata)))
-        .service(resource("/v2/models/{model}/ready").route(web::get().to(v2::model_ready)))
-        .service(resource("/v2/models/{model}/infer").route(web::post().to(v2::infer)));
+        .service(resource("/v2/health/ready").route(web::get().to(v2::server_ready)));
+    // Each model path with and without `/versions/{version}`, as tritonclient and KServe use.
+    for base in [
+        "/v2/models/{model}",
+        "/v2/models/{model}/versions/{version}",
+    ] {
+        cfg.service(resource(base).route(web::get().to(v2::model_metadata)))
+            .service(resource(&format!("{base}/ready")).route(web::get().to(v2::model_ready)))
+            .service(resource(&format!("{base}/config")).route(web::get().to(v2::model_config)))
+            .service(resource(&format!("{base}/infer")).route(web::post().to(v2::infer)));
+    }
 }
 
 /// Runs the server until SIGTERM/SIGINT has been handled; a weights error ends the process (exit 1).
@@ -121,6 +128,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let draining = app_state.clone();
         App::new()
             .app_data(app_state.clone())
+            // gzip answers for clients that ask (Accept-Encoding): v2 JSON logits, /metrics.
+            .wrap(actix_web::middleware::Compress::default())
             // While draining, every answer closes its connection: keep-alive clients reconnect
             // (to another pod) instead of reusing a connection to one that is going away.
             .wrap_fn(move |req, srv| {

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::request::{BodyGate, DecodeGate};
+use super::gates::{BodyGate, DecodeGate};
 use crate::config::{ServeArgs, num_cpus};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
