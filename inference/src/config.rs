@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// load balancers stop sending), then the listener closes and in-flight requests finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 5.0, value_parser = seconds)]
     pub shutdown_grace_seconds: f64,
+    /// After the grace period the listener closes; requests still in flight get this long to
+    /// finish before the process exits anyway (keep it inside the pod's termination grace).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout_seconds: u64,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }

@@ -103,6 +103,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.http_workers
     };
     let grace = Duration::from_secs_f64(args.shutdown_grace_seconds);
+    let stop_timeout = args.shutdown_timeout_seconds;
     let state = web::Data::new(AppState::new(args));
     let _ = state.device.set(device_name(&device));
     tracing::info!(address = %addr, device = state.device_name(), "listening on http://{addr}");
@@ -150,7 +151,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(30)
+    .shutdown_timeout(stop_timeout)
     .listen(listener)?
     .run();
 

@@ -286,9 +286,17 @@ pub fn env(isvc: &InferenceService) -> Vec<EnvVar> {
     if let Some(n) = srv.max_body_bytes {
         vars.push(env_var("MAX_BODY_BYTES", n));
     }
+    if let Some(mib) = memory_limit_mib(isvc) {
+        let (decode, bodies) = memory_budgets_mib(mib);
+        vars.push(env_var("DECODE_MEMORY_MB", decode));
+        vars.push(env_var("BODY_MEMORY_MB", bodies));
+    }
     let grace = (term.grace_period_seconds - term.pre_stop_delay_seconds - SHUTDOWN_MARGIN)
         .max(MIN_SHUTDOWN_GRACE);
     vars.push(env_var("SHUTDOWN_GRACE_SECONDS", grace));
+    // After the grace period the listener closes and in-flight requests get the margin, less a
+    // second, so the server exits on its own before the kubelet's SIGKILL.
+    vars.push(env_var("SHUTDOWN_TIMEOUT_SECONDS", SHUTDOWN_MARGIN - 1));
     if let Some(l) = &srv.log_level {
         vars.push(env_var("RUST_LOG", l));
     }
@@ -302,6 +310,24 @@ pub fn env(isvc: &InferenceService) -> Vec<EnvVar> {
         }
     }
     vars
+}
+
+/// The container's memory limit in MiB, when it has one.
+fn memory_limit_mib(isvc: &InferenceService) -> Option<u64> {
+    let res = resources(isvc);
+    let mem = res.limits.as_ref().and_then(|l| l.memory.as_ref())?;
+    Some((quantity::parse_quantity(mem)? / (1u64 << 20) as f64) as u64)
+}
+
+/// The server's memory budgets (DECODE_MEMORY_MB, BODY_MEMORY_MB) for a memory limit: a quarter
+/// of it for images being decoded and an eighth for bodies being received, so that with the
+/// idle footprint (~0.4 GiB on a CPU) and a batch's activations the pod stays under its limit
+/// whatever clients send. 2Gi (the default limit) gives the server's own defaults, 512 and 256.
+pub fn memory_budgets_mib(limit_mib: u64) -> (u64, u64) {
+    (
+        (limit_mib / 4).clamp(64, 1 << 16),
+        (limit_mib / 8).clamp(32, 1 << 15),
+    )
 }
 
 /// Intra-op threads matching the CPU the pod gets: the CPU limit, else the request, rounded up.
@@ -544,6 +570,10 @@ mod tests {
         assert_eq!(env["DEVICE"], "cpu");
         assert_eq!(env["INFERENCE_THREADS"], "1");
         assert_eq!(env["SHUTDOWN_GRACE_SECONDS"], "30");
+        assert_eq!(env["SHUTDOWN_TIMEOUT_SECONDS"], "4");
+        // Memory budgets from the 2Gi limit: the server's own defaults.
+        assert_eq!(env["DECODE_MEMORY_MB"], "512");
+        assert_eq!(env["BODY_MEMORY_MB"], "256");
         assert!(!env.contains_key("MODEL_PATH"));
         assert!(!env.contains_key("MAX_BATCH_SIZE"));
         // Default spread over zones then nodes, soft.
@@ -668,6 +698,12 @@ mod tests {
         assert_eq!(env["RUST_LOG"], "debug");
         assert_eq!(env["SHUTDOWN_GRACE_SECONDS"], "40");
         assert_eq!(env["EXTRA"], "1");
+        assert_eq!(memory_budgets_mib(512), (128, 64));
+        assert_eq!(
+            memory_budgets_mib(100),
+            (64, 32),
+            "never below a working floor"
+        );
         assert_eq!(env["PORT"], "8080");
         // Labels: user labels kept, ours win.
         let labels = spec
