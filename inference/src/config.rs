@@ -141,7 +141,7 @@ pub struct ServeArgs {
 /// turned into a queue that expires everything or a drain that never ends).
 fn seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v <= 86_400.0 => Ok(v),
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
         Ok(_) => Err("expected a number of seconds from 0 to 86400".into()),
         Err(e) => Err(e.to_string()),
     }

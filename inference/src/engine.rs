@@ -8,7 +8,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -48,10 +48,14 @@ pub struct EngineConfig {
 /// The forward pass splits every layer over all cores and waits for the slowest part. A decode
 /// running beside it takes a core away for milliseconds at a time, the other core waits at the
 /// layer's end, and both lose: measured at 8 concurrent requests, a batch's images took 48 ms
-/// each in the server against 37 ms in the forward-only benchmark. So decoding holds a read
-/// turn and the forward pass a write turn: a batch starts once the decodes already running
-/// finish, those requests join it, and decodes that arrive meanwhile wait for it to end (the
-/// lock prefers the waiting writer).
+/// each in the server against 37 ms in the forward-only benchmark.
+///
+/// The policy, written out rather than left to a lock's fairness: each image's decode holds a
+/// turn of its own; a forward pass that wants the cores first stops new decodes from starting,
+/// then waits for the decodes already running, at most [`FORWARD_WAIT`] (a huge image's decode
+/// can take seconds: past the bound the pass runs beside it rather than stall every queued
+/// request); decodes that were held back start when the pass ends. Those decodes' requests join
+/// the next batch.
 ///
 /// Before taking its turn a batch that is not yet full also waits, up to [`GATHER`], for
 /// requests already admitted but not yet queued (being decoded; a body still arriving is not
@@ -63,7 +67,20 @@ pub struct EngineConfig {
 /// holds a full batch, so nothing waits either; after the model thread sat idle for longer than
 /// [`IDLE_RESET`] the last batch is forgotten (the burst is over).
 #[derive(Default)]
-pub struct CpuTurns(RwLock<()>);
+pub struct CpuTurns {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TurnState {
+    decoding: usize,
+    /// A forward pass is waiting for the cores or running: no new decode starts.
+    forward: bool,
+}
+
+/// The longest a forward pass waits for decodes already running to finish.
+pub const FORWARD_WAIT: Duration = Duration::from_millis(250);
 
 /// The longest a CPU batch waits for admitted requests to reach the queue.
 const GATHER: Duration = Duration::from_millis(20);
@@ -73,13 +90,62 @@ const GATHER: Duration = Duration::from_millis(20);
 const IDLE_RESET: Duration = Duration::from_millis(100);
 
 impl CpuTurns {
-    /// Held while decoding and resizing.
-    pub fn preprocessing(&self) -> RwLockReadGuard<'_, ()> {
-        self.0.read().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn forward(&self) -> RwLockWriteGuard<'_, ()> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+    /// Held while one image is decoded and resized; waits while a forward pass has the cores.
+    pub fn preprocessing(&self) -> Turn<'_> {
+        let mut s = self.lock();
+        while s.forward {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.decoding += 1;
+        Turn {
+            turns: self,
+            forward: false,
+        }
+    }
+
+    /// Held while a forward pass runs (see the type's policy).
+    fn forward(&self) -> Turn<'_> {
+        let mut s = self.lock();
+        s.forward = true;
+        let deadline = Instant::now() + FORWARD_WAIT;
+        while s.decoding > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Turn {
+            turns: self,
+            forward: true,
+        }
+    }
+}
+
+/// A decode's or a forward pass's turn; ends when dropped.
+pub struct Turn<'a> {
+    turns: &'a CpuTurns,
+    forward: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut s = self.turns.lock();
+        if self.forward {
+            s.forward = false;
+        } else {
+            s.decoding -= 1;
+        }
+        drop(s);
+        self.turns.changed.notify_all();
     }
 }
 
@@ -672,6 +738,42 @@ mod tests {
             refused >= 3,
             "only {refused} of 6 refused with one running and one queued"
         );
+    }
+
+    /// The turn-taking policy itself: a waiting pass holds back new decodes, waits for running
+    /// ones at most FORWARD_WAIT, and the held-back decodes start when it ends.
+    #[test]
+    fn turns_follow_the_written_policy() {
+        let turns = Arc::new(CpuTurns::default());
+        let stuck = turns.preprocessing(); // a decode that outlasts the bound
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = turns.clone();
+        let pass = std::thread::spawn(move || {
+            let turn = t.forward();
+            tx.send(started.elapsed()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            drop(turn);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // The pass is waiting: a new decode must wait for it to end.
+        let t = turns.clone();
+        let late = std::thread::spawn(move || {
+            let _turn = t.preprocessing();
+            started.elapsed()
+        });
+        let pass_started = rx.recv().unwrap();
+        assert!(
+            pass_started >= FORWARD_WAIT && pass_started < FORWARD_WAIT * 3,
+            "the pass waited {pass_started:?} for a stuck decode"
+        );
+        let late_started = late.join().unwrap();
+        assert!(
+            late_started >= pass_started + Duration::from_millis(150),
+            "a decode started during the pass: {late_started:?} vs {pass_started:?}"
+        );
+        pass.join().unwrap();
+        drop(stuck);
     }
 
     /// A batch waits for the preprocessing in progress, and takes the requests it was preparing:

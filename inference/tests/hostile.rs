@@ -171,3 +171,45 @@ fn slow_uploaders_do_not_starve_other_clients() {
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     eprintln!("normal request beside 70 slow uploaders: {normal:?}");
 }
+
+/// A burst of clients that send a request and go away (a timeout upstream, a closed tab):
+/// actix keeps serving such requests, so each used to cost a decode and a forward pass. Now the
+/// server notices the closed connection and drops the work.
+#[test]
+fn requests_whose_client_left_are_skipped() {
+    use std::io::Write;
+    let s = Server::start(&[("MAX_BATCH_SIZE", "1")]);
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let cat = image("cat.jpg");
+    let gone: Vec<std::net::TcpStream> = (0..12)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                cat.len()
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(&cat).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    drop(gone);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, m) = s.get("/metrics");
+    let sample = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let computed = sample("ml_inference_batch_size_sum");
+    let skipped = sample(r#"ml_inference_request_errors_total{reason="client_gone"}"#);
+    assert!(
+        computed <= 4.0 && skipped >= 8.0,
+        "{computed} of 12 abandoned images went through the model, {skipped} skipped"
+    );
+    // The server still serves the clients that stay.
+    assert_eq!(s.post("/predict", "image/jpeg", &cat).status, 200);
+}

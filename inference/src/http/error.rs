@@ -39,6 +39,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The client closed its connection before the answer: nobody reads this one (nginx's 499),
+    /// it only counts in the error metrics.
+    pub fn client_gone() -> Self {
+        Self::new(
+            StatusCode::from_u16(499).expect("499 is a valid status"),
+            "client_gone",
+            "the client closed the connection",
+        )
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::peer;
 use super::request::{
     self, RequestScope, check_content_length, preprocess_all, read_limited, too_large,
 };
@@ -113,7 +114,7 @@ pub async fn predict(
 ) -> Result<HttpResponse, ApiError> {
     let state = state.into_inner();
     let scope = RequestScope::begin(&state);
-    let result = async {
+    let work = async {
         let engine = request::engine(&state)?;
         let k = parse_top_k(req.query_string())?;
         // A full server refuses before reading the body; a place is taken only once it is in.
@@ -129,8 +130,11 @@ pub async fn predict(
             "latency_seconds": (scope.elapsed() * 1e4).round() / 1e4,
             "model_version": state.args.model_version,
         }))
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = work => r,
+        () = peer::until_gone(&req) => Err(ApiError::client_gone()),
+    };
     scope
         .finish(result)
         .map(|body| HttpResponse::Ok().json(body))

@@ -9,7 +9,7 @@ use actix_web::{App, HttpServer, web};
 use candle_core::Device;
 
 use super::state::{AppState, Phase, WeightsInfo};
-use super::{ops, predict, v2};
+use super::{ops, peer, predict, v2};
 use crate::config::{GpuDtype, ServeArgs, num_cpus};
 use crate::engine::{BatchModel, Engine, EngineConfig};
 use crate::model::cpu::isa::Isa;
@@ -149,6 +149,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .configure(routes)
             .default_service(web::to(ops::not_found))
     })
+    .on_connect(peer::on_connect)
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(stop_timeout)

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::peer;
 use super::request::{self, RequestScope};
 use super::state::{AppState, Phase};
 use crate::model::labels;
@@ -543,7 +544,7 @@ pub async fn infer(
     let (served, name) = resolve(&state, &req)?;
     let state = state.into_inner();
     let scope = RequestScope::begin(&state);
-    let result = async {
+    let work = async {
         let engine = request::engine(&state)?;
         // A full server refuses before reading the body; places are taken once it is in.
         engine.has_room(1)?;
@@ -617,7 +618,10 @@ pub async fn infer(
             json: body,
             binary: blob,
         })
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = work => r,
+        () = peer::until_gone(&req) => Err(ApiError::client_gone()),
+    };
     scope.finish(result).map(Answer::into_response)
 }
