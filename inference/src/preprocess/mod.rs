@@ -8,7 +8,7 @@
 //! resampling for the 224×224 pixels the crop keeps; [`normalize`] is ToTensor + Normalize. This
 //! file chains them.
 //!
-//! Stands alone (only `image`, `mozjpeg`, `memchr` and `thiserror`; nothing from the rest of the crate) so
+//! Stands alone (only `image`, `mozjpeg`, `memchr`, `rayon` and `thiserror`; nothing from the rest of the crate) so
 //! the fuzz target can build it by itself.
 
 pub mod decode;

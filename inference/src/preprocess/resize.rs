@@ -51,7 +51,7 @@ impl Filter {
 }
 
 /// Tap products (rows × 224 × taps) above which the horizontal resize pass is split over threads:
-/// a few tenths of a ms of work, against ~tens of µs to start a thread. Photos up to ~1000 px stay
+/// a few tenths of a ms of work, against ~tens of µs to hand work to the pool. Photos up to ~1000 px stay
 /// on the request's thread.
 const PARALLEL_RESIZE_WORK: usize = 2_000_000;
 
@@ -163,18 +163,18 @@ pub fn resize_center_crop_with(img: &RgbImage, filter: Filter, shift: u32) -> Ve
     };
     let work = (row_end - row_first) * side * horiz.ksize;
     let threads = if work >= PARALLEL_RESIZE_WORK {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        rayon::current_num_threads().min(4)
     } else {
         1
     };
     if threads > 1 {
+        // On the process's rayon pool (the server's inference threads), not new OS threads per
+        // image: the decode holds the CPU turn, so the pool is free.
+        use rayon::prelude::*;
         let rows_per = (row_end - row_first).div_ceil(threads);
-        std::thread::scope(|scope| {
-            for (i, part) in tmp.chunks_mut(rows_per * side * 3).enumerate() {
-                let run = &horizontal_rows;
-                scope.spawn(move || run(row_first + i * rows_per, part));
-            }
-        });
+        tmp.par_chunks_mut(rows_per * side * 3)
+            .enumerate()
+            .for_each(|(i, part)| horizontal_rows(row_first + i * rows_per, part));
     } else {
         horizontal_rows(row_first, &mut tmp);
     }
