@@ -274,8 +274,8 @@ fn stride(rows: usize, c: usize) -> usize {
 }
 
 /// Cache budget of one block's V + M in the blocked schedule: a quarter of a Zen 4 core's 1 MiB
-/// L2, which also holds the filters' panel and the source rows. (2 MiB, the first guess, spilt
-/// to L3: 256 KiB ran the 56×56 and 28×28 stages 10-20 % faster at batch 1 and 8.)
+/// L2, which also holds the filters' panel and the source rows. (Blocks of 2 MiB spill to L3:
+/// 256 KiB runs the 56×56 and 28×28 stages 10-20 % faster at batch 1 and 8.)
 const BLOCK_BYTES: usize = 256 << 10;
 /// Fewer rows than this and the GEMMs lose more than the cache gains.
 const MIN_BLOCK_TILES: usize = 24;
