@@ -6,12 +6,13 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build build-cuda test weights demo bench bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build build-cuda test weights demo bench bench-hostile bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
 	@echo "make test          all tests (what CI runs)"
 	@echo "make bench         forward-pass and HTTP benchmarks side by side with PyTorch/ONNX Runtime"
+	@echo "make bench-hostile memory, slow-client and tritonclient figures for the server"
 	@echo "make crds          regenerate crds/ and the chart's copy from the Rust types"
 	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster-down  stop it and remove its state"
@@ -55,6 +56,12 @@ fuzz:
 # Flask + gunicorn app) side by side, same weights, same run. BENCH_QUICK=1 for a smoke run.
 bench: deps .venv/.installed
 	tools/bench/run.sh
+
+# The server under hostile load: peak RSS under worst-case images against the documented bound
+# (and without the budget), a normal client beside 70 slow uploaders, tritonclient's checks.
+bench-hostile: build weights
+	tools/triton-venv.sh
+	$(PYTHON) tools/bench/hostile.py --weights $(WEIGHTS) --triton-python .state/venv-triton/bin/python
 
 # On a machine with an NVIDIA GPU, after make build-cuda: img/s at batch 1/8/32.
 bench-gpu:

@@ -14,15 +14,7 @@ phase() {
 }
 phase "control plane binaries (hack/build-control-plane.sh)" hack/build-control-plane.sh
 # NVIDIA's tritonclient (PyPI) drives the v2 API in inference/tests/tritonclient.rs.
-triton_client() {
-  local venv=.state/venv-triton
-  if "$venv/bin/python" -c 'import tritonclient.http, numpy' 2>/dev/null \
-    && cmp -s tools/triton-requirements.txt "$venv/.requirements"; then return; fi
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -r tools/triton-requirements.txt
-  cp tools/triton-requirements.txt "$venv/.requirements"
-}
-phase "tritonclient venv (tools/triton-requirements.txt)" triton_client
+phase "tritonclient venv (tools/triton-requirements.txt)" tools/triton-venv.sh
 export TRITON_CLIENT_PYTHON=$PWD/.state/venv-triton/bin/python
 # Integration tests run these binaries as real processes (server, local node, operator).
 phase "build release binaries" cargo build --release --workspace --bins
