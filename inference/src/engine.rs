@@ -530,12 +530,19 @@ fn run(
             continue;
         }
         last_batch = images;
-        health.passed(run_batch(model.as_ref(), jobs, images, &metrics));
+        run_batch(model.as_ref(), jobs, images, &metrics, health);
     }
 }
 
-/// Runs one batch and answers its requests; `false` when the forward pass failed.
-fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics: &Metrics) -> bool {
+/// Runs one batch and answers its requests. Health is updated first, so a client that sees its
+/// answer sees the health that answer implies.
+fn run_batch(
+    model: &dyn BatchModel,
+    mut jobs: Vec<Job>,
+    images: usize,
+    metrics: &Metrics,
+    health: &ModelHealth,
+) {
     let started = Instant::now();
     let input = if jobs.len() == 1 {
         std::mem::take(&mut jobs[0].input)
@@ -555,6 +562,7 @@ fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics:
     let classes = model.classes();
     match result {
         Ok(logits) if logits.len() == images * classes => {
+            health.passed(true);
             let mut offset = 0;
             for job in jobs {
                 let len = job.n * classes;
@@ -569,16 +577,15 @@ fn run_batch(model: &dyn BatchModel, mut jobs: Vec<Job>, images: usize, metrics:
                 offset += len;
                 let _ = job.reply.send(Ok(out));
             }
-            true
         }
         Ok(logits) => {
+            health.passed(false);
             let message = format!("model returned {} values for {images} images", logits.len());
             fail_all(jobs, message);
-            false
         }
         Err(e) => {
+            health.passed(false);
             fail_all(jobs, format!("{e:#}"));
-            false
         }
     }
 }

@@ -184,7 +184,10 @@ async fn create_builds_children_and_status() {
         ("DEVICE", "cpu"),
         ("MAX_BATCH_SIZE", "6"), // spec.env overrides server.maxBatchSize
         ("INFERENCE_THREADS", "1"),
-        ("SHUTDOWN_GRACE_SECONDS", "30"), // 45 - 10 - 5
+        ("SHUTDOWN_GRACE_SECONDS", "30"),  // 45 - 10 - 5
+        ("SHUTDOWN_TIMEOUT_SECONDS", "4"), // inside the 5 s margin
+        ("DECODE_MEMORY_MB", "512"),       // a quarter of the 2Gi default limit
+        ("BODY_MEMORY_MB", "256"),         // an eighth
         ("RUST_LOG", "debug"),
         ("EXTRA", "1"),
     ]

@@ -207,7 +207,10 @@ struct Bottleneck {
     out_bias: Vec<f32>,
 }
 
-/// Activation buffers kept between forward passes; they only grow.
+/// Activation buffers kept between forward passes (fresh multi-megabyte buffers page-fault on
+/// every pass). They grow to the largest batch, ~25 MB an image, and shrink again once the
+/// recent passes ([`RECENT_PASSES`]) were all less than half that batch: one burst of big
+/// batches does not hold its memory for the rest of the process's life.
 #[derive(Default)]
 struct Workspace {
     x: Vec<f32>,
@@ -215,6 +218,57 @@ struct Workspace {
     t2: Vec<f32>,
     shortcut: Vec<f32>,
     scratch: Scratch,
+    /// The batch the buffers were last grown or shrunk for, and the recent passes' batches.
+    sized_for: usize,
+    recent: Vec<usize>,
+}
+
+/// Passes a workspace looks back over before it shrinks.
+const RECENT_PASSES: usize = 16;
+
+impl Workspace {
+    /// Records a pass of `n` images; shrinks the buffers when the recent passes needed less than
+    /// half of them. Every buffer's length is proportional to the batch, so a buffer sized for
+    /// `sized_for` images is cut to the same share for the recent peak.
+    fn passed(&mut self, n: usize) {
+        self.sized_for = self.sized_for.max(n);
+        if self.recent.len() == RECENT_PASSES {
+            self.recent.remove(0);
+        }
+        self.recent.push(n);
+        let peak = self.recent.iter().copied().max().unwrap_or(n);
+        if self.recent.len() < RECENT_PASSES || peak * 2 > self.sized_for {
+            return;
+        }
+        let (old, new) = (self.sized_for, peak);
+        for v in [
+            &mut self.x,
+            &mut self.t1,
+            &mut self.t2,
+            &mut self.shortcut,
+            &mut self.scratch.v,
+            &mut self.scratch.m,
+        ] {
+            v.truncate(v.len() / old * new);
+            v.shrink_to_fit();
+        }
+        self.sized_for = new;
+    }
+
+    #[cfg(test)]
+    fn floats(&self) -> usize {
+        [
+            &self.x,
+            &self.t1,
+            &self.t2,
+            &self.shortcut,
+            &self.scratch.v,
+            &self.scratch.m,
+        ]
+        .iter()
+        .map(|v| v.capacity())
+        .sum()
+    }
 }
 
 /// Winograd's transformed input and products (whole-tensor schedule).
@@ -364,6 +418,7 @@ impl CpuResNet50 {
             }
             p.iter_mut().for_each(|a| *a /= hw as f32);
         }
+        ws.passed(n);
         let classes = self.fc_b.len();
         let mut logits = vec![0f32; n * classes];
         let bias = Epilogue {
@@ -546,6 +601,36 @@ fn max_pool_3x3s2(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Buffers grown for a big batch come back once the recent passes are all small.
+    #[test]
+    fn the_workspace_shrinks_after_a_burst() {
+        let mut ws = Workspace::default();
+        let per_image = 1000;
+        let pass = |ws: &mut Workspace, n: usize| {
+            grow(&mut ws.t1, n * per_image);
+            grow(&mut ws.scratch.v, n * per_image / 2);
+            ws.passed(n);
+        };
+        pass(&mut ws, 8);
+        let big = ws.floats();
+        for _ in 0..RECENT_PASSES - 1 {
+            pass(&mut ws, 1);
+            assert_eq!(ws.floats(), big, "shrunk before the window was full");
+        }
+        pass(&mut ws, 1);
+        assert!(
+            ws.floats() <= big / 8,
+            "{} of {big} floats kept",
+            ws.floats()
+        );
+        // Steady batches of 3 keep their buffers: a batch over half the size does not shrink.
+        let mut steady = Workspace::default();
+        for n in [4, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3] {
+            pass(&mut steady, n);
+        }
+        assert_eq!(steady.sized_for, 4);
+    }
 
     #[test]
     fn output_blocks_cover_the_output_exactly_once() {
