@@ -170,15 +170,21 @@ def brief(obj) -> str:
     return s if len(s) <= 200 else s[:200] + "..."
 
 
-def parse_classes(result, n: int, k: int) -> list[list[tuple[float, int, str]]]:
-    """Decodes the classification output into n rows of k (score, index, label), checking format."""
+def output_array(result, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The one output as numpy, after checking its datatype and shape."""
     out = result.get_output(OUTPUT)
     expect(out is not None, f"no output named {OUTPUT!r} in {list_outputs(result)}")
-    expect(out.get("datatype") == "BYTES",
-           f"classification output datatype is {out.get('datatype')!r}, expected BYTES")
+    expect(out.get("datatype") == datatype,
+           f"output datatype is {out.get('datatype')!r}, expected {datatype}")
     arr = result.as_numpy(OUTPUT)
     expect(arr is not None, "as_numpy returned None")
-    expect(tuple(arr.shape) == (n, k), f"classification shape {list(arr.shape)}, expected {[n, k]}")
+    expect(tuple(arr.shape) == shape, f"output shape {list(arr.shape)}, expected {list(shape)}")
+    return arr
+
+
+def parse_classes(result, n: int, k: int) -> list[list[tuple[float, int, str]]]:
+    """Decodes the classification output into n rows of k (score, index, label), checking format."""
+    arr = output_array(result, "BYTES", (n, k))
     rows = []
     for r in range(n):
         row = []
@@ -229,14 +235,7 @@ def fp32_batch(n: int) -> np.ndarray:
 
 
 def fp32_logits(result, n: int) -> np.ndarray:
-    out = result.get_output(OUTPUT)
-    expect(out is not None, f"no output named {OUTPUT!r} in {list_outputs(result)}")
-    expect(out.get("datatype") == "FP32",
-           f"logits datatype is {out.get('datatype')!r}, expected FP32")
-    arr = result.as_numpy(OUTPUT)
-    expect(arr is not None, "as_numpy returned None")
-    expect(tuple(arr.shape) == (n, CLASSES),
-           f"logits shape {list(arr.shape)}, expected {[n, CLASSES]}")
+    arr = output_array(result, "FP32", (n, CLASSES))
     expect(arr.dtype == np.float32, f"logits dtype {arr.dtype}")
     expect(bool(np.isfinite(arr).all()), "logits contain NaN or inf")
     return arr
