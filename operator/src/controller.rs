@@ -334,7 +334,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         conflict(existing_dep.as_ref(), isvc),
         conflict(existing_svc.as_ref(), isvc),
         builders::hpa::build(isvc).and(conflict(existing_hpa.as_ref(), isvc)),
-        builders::pdb::build(isvc).and(conflict(existing_pdb.as_ref(), isvc)),
+        conflict(existing_pdb.as_ref(), isvc),
     ]
     .into_iter()
     .flatten()
@@ -404,21 +404,9 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
                 }
             }
         }
-        match builders::pdb::build(isvc) {
-            Some(pdb) => {
-                apply(&pdbs, &pdb, "PodDisruptionBudget")
-                    .await
-                    .map_err(|e| ("PodDisruptionBudget", e))?;
-            }
-            None => {
-                delete_owned(&pdbs, existing_pdb, isvc, "PodDisruptionBudget")
-                    .await
-                    .map_err(|e| match e {
-                        Error::Delete { source, .. } => ("PodDisruptionBudget", source),
-                        _ => unreachable!(),
-                    })?;
-            }
-        }
+        apply(&pdbs, &builders::pdb::build(isvc), "PodDisruptionBudget")
+            .await
+            .map_err(|e| ("PodDisruptionBudget", e))?;
         Ok::<Deployment, (&str, kube::Error)>(dep)
     };
     let dep = match steps.await {
@@ -449,12 +437,9 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     let spec_changed =
         isvc.status.as_ref().and_then(|s| s.observed_generation) != isvc.metadata.generation;
     if created {
-        let mut kinds = vec!["Deployment", "Service"];
+        let mut kinds = vec!["Deployment", "Service", "PodDisruptionBudget"];
         if builders::hpa::build(isvc).is_some() {
             kinds.push("HorizontalPodAutoscaler");
-        }
-        if builders::pdb::build(isvc).is_some() {
-            kinds.push("PodDisruptionBudget");
         }
         ctx.event(
             &reference,

@@ -439,10 +439,11 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
         hpas.get_opt(name).await.unwrap().is_none(),
         "no HPA without autoscaling"
     );
-    assert!(
-        pdbs.get_opt(name).await.unwrap().is_none(),
-        "no PDB for 1 replica"
-    );
+    // One replica has its budget too (maxUnavailable 1 never blocks a drain).
+    env.wait_obj::<PodDisruptionBudget>(name, "made for 1 replica", REACT, |p| {
+        p.spec.as_ref().unwrap().max_unavailable == Some(IntOrString::Int(1))
+    })
+    .await;
     let dep_uid = d.metadata.uid.clone();
     let template = d.spec.clone().unwrap().template;
 
@@ -557,11 +558,14 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
         d.metadata.managed_fields
     );
 
-    // Off again: HPA deleted, back to the fixed count (1: the PDB goes too).
+    // Off again: HPA deleted, back to the fixed count; the PDB stays.
     env.apply_isvc(name, json!({"model": {"name": "resnet50"}, "replicas": 1}))
         .await;
     env.wait_gone::<HorizontalPodAutoscaler>(name, REACT).await;
-    env.wait_gone::<PodDisruptionBudget>(name, REACT).await;
+    assert!(
+        pdbs.get_opt(name).await.unwrap().is_some(),
+        "the PDB went away"
+    );
     let d: Deployment = env
         .wait_obj::<Deployment>(name, "back to 1 replica", REACT, |d| {
             d.spec.as_ref().unwrap().replicas == Some(1)
@@ -886,9 +890,7 @@ async fn converged(env: &Env, name: &str, spec: &Value) -> Option<()> {
         .await
         .ok()?;
     let pdb = env.api::<PodDisruptionBudget>().get_opt(name).await.ok()?;
-    (hpa.is_some() == spec.get("autoscaling").is_some()
-        && pdb.is_some() == (want_replicas(spec) >= 2))
-        .then_some(())
+    (hpa.is_some() == spec.get("autoscaling").is_some() && pdb.is_some()).then_some(())
 }
 
 fn want_replicas(spec: &Value) -> i32 {

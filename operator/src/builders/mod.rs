@@ -354,9 +354,9 @@ mod tests {
                 ))
                 .unwrap(),
                 serde_json::to_value(service::build(&isvc)).unwrap(),
+                serde_json::to_value(pdb::build(&isvc)).unwrap(),
             ];
             objects.extend(hpa::build(&isvc).map(|h| serde_json::to_value(h).unwrap()));
-            objects.extend(pdb::build(&isvc).map(|p| serde_json::to_value(p).unwrap()));
             for obj in objects {
                 assert!(
                     obj["apiVersion"].is_string() && obj["kind"].is_string(),

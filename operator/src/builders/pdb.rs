@@ -1,21 +1,18 @@
-//! The PodDisruptionBudget, present while the service runs at least 2 replicas.
+//! The PodDisruptionBudget, present at every replica count.
 
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{child_meta, label_selector, min_replicas};
+use super::{child_meta, label_selector};
 use crate::crd::InferenceService;
 
-/// Builds the PDB, or `None` below 2 replicas (a PDB on one pod would block node drains; the
-/// operator deletes any PDB it owns).
-///
-/// At most one pod is voluntarily evicted at a time. Pods that are not ready (e.g. crash-looping)
-/// may always be evicted, so a broken rollout never blocks a node drain.
-pub fn build(isvc: &InferenceService) -> Option<PodDisruptionBudget> {
-    if min_replicas(isvc) < 2 {
-        return None;
-    }
-    Some(PodDisruptionBudget {
+/// Builds the PDB: at most one pod voluntarily evicted at a time. `maxUnavailable: 1` never
+/// blocks a drain, even at one replica, so the budget exists at every count: an autoscaled
+/// service with `minReplicas: 1` scaled out to 20 is protected too (a budget made only from
+/// `minReplicas` ≥ 2 left it without one). Pods that are not ready (e.g. crash-looping) may
+/// always be evicted, so a broken rollout never blocks a node drain.
+pub fn build(isvc: &InferenceService) -> PodDisruptionBudget {
+    PodDisruptionBudget {
         metadata: child_meta(isvc),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
@@ -24,7 +21,7 @@ pub fn build(isvc: &InferenceService) -> Option<PodDisruptionBudget> {
             unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
         }),
         status: None,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -32,9 +29,11 @@ mod tests {
     use super::*;
     use crate::builders::test_support::{fixture, from_yaml};
 
+    /// One replica gets the budget too: maxUnavailable 1 lets its pod be evicted.
     #[test]
-    fn no_pdb_for_a_single_replica() {
-        assert!(build(&fixture("minimal.yaml")).is_none());
+    fn a_single_replica_has_a_budget_that_never_blocks_a_drain() {
+        let pdb = build(&fixture("minimal.yaml"));
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
     }
 
     #[test]
@@ -49,7 +48,7 @@ spec:
   replicas: 3
 "#,
         );
-        let pdb = build(&fixed).unwrap();
+        let pdb = build(&fixed);
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(
@@ -59,6 +58,6 @@ spec:
         assert_eq!(spec.selector.unwrap(), label_selector(&fixed));
         assert!(pdb.metadata.owner_references.is_some());
         // autoscaling.minReplicas 2
-        assert!(build(&fixture("autoscaling.yaml")).is_some());
+        assert!(build(&fixture("autoscaling.yaml")).spec.is_some());
     }
 }
