@@ -283,8 +283,8 @@ impl Engine {
         std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
-                let _guard = guard;
-                run(model, rx, cfg, m, (t, counts), &_guard.0)
+                let guard = guard; // dropped when the thread ends, by return or by panic
+                run(model, rx, cfg, m, (t, counts), &guard.0)
             })
             .expect("spawn the model thread");
         Self {

@@ -7,22 +7,41 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+/// A byte budget, counted in KiB so that gigabytes fit a semaphore's permits.
+pub struct MemoryBudget {
+    pub semaphore: Arc<Semaphore>,
+    pub total_kib: u32,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> Self {
+        let max = u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX);
+        let total_kib = Self::kib(bytes).min(max);
+        Self {
+            semaphore: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// `bytes` in the budget's unit, rounded up (saturating: anything that large is over it).
+    pub fn kib(bytes: u64) -> u32 {
+        bytes.div_ceil(1024).try_into().unwrap_or(u32::MAX)
+    }
+}
+
 /// What bodies being received may hold: a budget of bytes each request is charged before its
 /// body is read (its `Content-Length`, or `MAX_BODY_BYTES` when it does not say), and a deadline
 /// for the whole body. A client that trickles its body holds no queue place and no decode, and
 /// is cut off at the deadline; when the budget is spent, new uploads get 503 at once.
 pub struct BodyGate {
-    pub budget: Arc<Semaphore>,
-    pub budget_kib: u32,
+    pub budget: MemoryBudget,
     pub timeout: Duration,
 }
 
 impl BodyGate {
     pub fn new(memory_bytes: u64, timeout: Duration) -> Self {
-        let budget_kib = (memory_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as u32;
         Self {
-            budget: Arc::new(Semaphore::new(budget_kib as usize)),
-            budget_kib,
+            budget: MemoryBudget::new(memory_bytes),
             timeout,
         }
     }
@@ -33,18 +52,14 @@ impl BodyGate {
 /// anything is allocated for it. Both are fair (first come, first served).
 pub struct DecodeGate {
     pub slots: Semaphore,
-    pub memory: Semaphore,
-    /// The budget in KiB (the semaphore's unit).
-    pub memory_kib: u32,
+    pub memory: MemoryBudget,
 }
 
 impl DecodeGate {
     pub fn new(threads: usize, memory_bytes: u64) -> Self {
-        let memory_kib = (memory_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as u32;
         Self {
             slots: Semaphore::new(threads.max(1)),
-            memory: Semaphore::new(memory_kib as usize),
-            memory_kib,
+            memory: MemoryBudget::new(memory_bytes),
         }
     }
 }

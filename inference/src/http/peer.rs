@@ -12,6 +12,8 @@ use std::time::Duration;
 use actix_web::HttpRequest;
 use actix_web::dev::Extensions;
 
+use super::error::ApiError;
+
 /// How often a waiting request looks at its connection.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -41,12 +43,22 @@ pub fn gone(req: &HttpRequest) -> bool {
     }
 }
 
-/// Resolves once the client is gone; never while it stays.
-pub async fn until_gone(req: &HttpRequest) {
-    loop {
-        tokio::time::sleep(POLL).await;
-        if gone(req) {
-            return;
+/// Runs `work` while the client stays; once it is gone, drops `work` (and with it the queued
+/// job's reply, so the model thread skips it) and answers `client_gone`.
+pub async fn unless_gone<T>(
+    req: &HttpRequest,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let watch = async {
+        loop {
+            tokio::time::sleep(POLL).await;
+            if gone(req) {
+                return;
+            }
         }
+    };
+    tokio::select! {
+        r = work => r,
+        () = watch => Err(ApiError::client_gone()),
     }
 }

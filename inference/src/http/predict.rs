@@ -9,9 +9,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::peer;
-use super::request::{
-    self, RequestScope, check_content_length, preprocess_all, read_limited, too_large,
-};
+use super::request::{self, RequestScope, preprocess_all, read_limited, too_large};
 use super::state::AppState;
 use crate::model::labels::top_k;
 
@@ -21,7 +19,6 @@ async fn image_bytes(
     payload: web::Payload,
     limit: usize,
 ) -> Result<Vec<u8>, ApiError> {
-    check_content_length(req, limit)?;
     let mime = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -131,10 +128,7 @@ pub async fn predict(
             "model_version": state.args.model_version,
         }))
     };
-    let result = tokio::select! {
-        r = work => r,
-        () = peer::until_gone(&req) => Err(ApiError::client_gone()),
-    };
+    let result = peer::unless_gone(&req, work).await;
     scope
         .finish(result)
         .map(|body| HttpResponse::Ok().json(body))

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ApiError;
+use super::gates::MemoryBudget;
 use super::state::AppState;
 use crate::engine::{CpuTurns, Engine};
 use crate::preprocess::{self, INPUT_LEN, PreprocessError};
@@ -50,38 +51,28 @@ where
     Ok(buf)
 }
 
-/// Refuses an announced oversized body before reading any of it.
-pub fn check_content_length(req: &HttpRequest, limit: usize) -> Result<(), ApiError> {
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match announced {
-        Some(len) if len > limit as u64 => Err(too_large(limit)),
-        _ => Ok(()),
-    }
-}
-
-/// Reads a request's body with `read` under the body budget and deadline. The returned permit
-/// holds the body's share of the budget: keep it as long as the bytes are kept.
+/// Reads a request's body with `read` under the body budget and deadline. An announced
+/// oversized body is refused before any of it is read. The returned permit holds the body's
+/// share of the budget: keep it as long as the bytes are kept.
 pub async fn receive<T>(
     state: &AppState,
     req: &HttpRequest,
     read: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<(T, OwnedSemaphorePermit), ApiError> {
     let limit = state.args.max_body_bytes;
-    check_content_length(req, limit)?;
-    let gate = &state.body_gate;
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(limit as u64);
-    let kib = announced.div_ceil(1024).clamp(1, gate.budget_kib as u64) as u32;
-    let permit = gate
-        .budget
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let gate = &state.body_gate;
+    let budget = &gate.budget;
+    let kib = MemoryBudget::kib(announced.unwrap_or(limit as u64)).clamp(1, budget.total_kib);
+    let permit = budget
+        .semaphore
         .clone()
         .try_acquire_many_owned(kib)
         .map_err(|_| {
@@ -146,10 +137,10 @@ pub async fn preprocess_all(
     let gate = &state.decode_gate;
     let turns = state.engine.get().and_then(Engine::cpu_turns);
     let mut buf = vec![0f32; images.len() * INPUT_LEN];
-    for (bytes, slot) in images.into_iter().zip(buf.chunks_exact_mut(INPUT_LEN)) {
+    for (i, bytes) in images.into_iter().enumerate() {
         let probe = preprocess::probe(&bytes, &limits)?;
-        let kib = probe.decode_bytes.div_ceil(1024);
-        if kib > gate.memory_kib as u64 {
+        let kib = MemoryBudget::kib(probe.decode_bytes);
+        if kib > gate.memory.total_kib {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "image_too_large",
@@ -159,24 +150,31 @@ pub async fn preprocess_all(
                     probe.height,
                     probe.format,
                     kib.div_ceil(1024),
-                    gate.memory_kib / 1024
+                    gate.memory.total_kib / 1024
                 ),
             ));
         }
         let closed = |_| ApiError::unavailable("stopped", "the server is shutting down");
-        let _memory = gate.memory.acquire_many(kib as u32).await.map_err(closed)?;
+        let _memory = gate
+            .memory
+            .semaphore
+            .acquire_many(kib)
+            .await
+            .map_err(closed)?;
         let _slot = gate.slots.acquire().await.map_err(closed)?;
         let metrics = state.metrics.clone();
         let turns = turns.clone();
-        let mut out = vec![0f32; INPUT_LEN];
-        let out = web::block(move || {
+        // The batch buffer travels to the blocking thread and back: the image is written into
+        // its own slot, with no per-image buffer to copy from.
+        buf = web::block(move || {
             let _turn = turns.as_deref().map(CpuTurns::preprocessing);
             let t = Instant::now();
-            preprocess::preprocess_probed(&bytes, &probe, &mut out)?;
+            let slot = &mut buf[i * INPUT_LEN..(i + 1) * INPUT_LEN];
+            preprocess::preprocess_probed(&bytes, &probe, slot)?;
             metrics
                 .preprocess_seconds
                 .observe(t.elapsed().as_secs_f64());
-            Ok::<_, PreprocessError>(out)
+            Ok::<_, PreprocessError>(buf)
         })
         .await
         .map_err(|e| {
@@ -186,7 +184,6 @@ pub async fn preprocess_all(
                 format!("preprocessing task failed: {e}"),
             )
         })??;
-        slot.copy_from_slice(&out);
     }
     Ok(buf)
 }

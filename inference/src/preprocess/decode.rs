@@ -88,9 +88,8 @@ pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Probe, PreprocessErr
             limit: limits.max_pixels,
         });
     }
-    let mut decode_bytes = pixels * decoded_bpp + height as u64 * 224 * 3;
-    let mut jpeg_end = None;
-    if format == image::ImageFormat::Jpeg {
+    // Bytes a pixel held at the decode's peak.
+    let (per_pixel, jpeg_end) = if format == image::ImageFormat::Jpeg {
         let layout = jpeg_layout(bytes).ok_or_else(|| {
             PreprocessError::Decode("truncated JPEG: no end-of-image marker".into())
         })?;
@@ -102,14 +101,15 @@ pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Probe, PreprocessErr
         }
         // libjpeg writes RGB directly; a progressive image also keeps every coefficient
         // (2 bytes per sample, 3 components at most).
-        decode_bytes = pixels * 3 + height as u64 * 224 * 3;
-        if layout.progressive {
-            decode_bytes += pixels * 6;
-        }
-        jpeg_end = Some(layout.end);
-    } else if !rgb8 {
-        decode_bytes += pixels * 3;
-    }
+        let coefficients = if layout.progressive { 6 } else { 0 };
+        (3 + coefficients, Some(layout.end))
+    } else {
+        // The decoder's buffer, plus the RGB copy when it is not RGB already.
+        (decoded_bpp + if rgb8 { 0 } else { 3 }, None)
+    };
+    // The resize's horizontal pass keeps at most every source row, 224 RGB pixels each (the
+    // crop's width; resize.rs's tests decode photos with this file, so it is not imported).
+    let decode_bytes = pixels * per_pixel + height as u64 * 224 * 3;
     Ok(Probe {
         format,
         width,

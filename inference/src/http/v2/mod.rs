@@ -371,6 +371,20 @@ fn parse(
     })
 }
 
+/// An input's JSON `data`, flattened; an error when the tensor came with neither `data` nor
+/// a binary part.
+fn json_items(t: &InputTensor) -> Result<Vec<&Value>, ApiError> {
+    let data = t.data.as_ref().ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_data",
+            "inputs[0].data: missing (send `data`, or the tensor in the binary part with parameters.binary_data_size)",
+        )
+    })?;
+    let mut items = Vec::new();
+    flatten(data, &mut items);
+    Ok(items)
+}
+
 /// The images of a BYTES input: raw files in the binary part, or one base64 string each in JSON.
 fn bytes_input(t: &InputTensor, blob: Option<&[u8]>, n: usize) -> Result<Vec<Vec<u8>>, ApiError> {
     let shape_error = |count: usize| {
@@ -393,14 +407,7 @@ fn bytes_input(t: &InputTensor, blob: Option<&[u8]>, n: usize) -> Result<Vec<Vec
         }
         return Ok(images.into_iter().map(<[u8]>::to_vec).collect());
     }
-    let data = t.data.as_ref().ok_or_else(|| {
-        ApiError::bad_request(
-            "bad_data",
-            "inputs[0].data: missing (send `data`, or the tensor in the binary part with parameters.binary_data_size)",
-        )
-    })?;
-    let mut items = Vec::new();
-    flatten(data, &mut items);
+    let items = json_items(t)?;
     if items.len() != n {
         return Err(shape_error(items.len()));
     }
@@ -460,12 +467,7 @@ fn fp32_input(t: &InputTensor, blob: Option<&[u8]>, n: usize) -> Result<Vec<f32>
         }
         return Ok(values);
     }
-    let data = t
-        .data
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("bad_data", "inputs[0].data: missing"))?;
-    let mut items = Vec::new();
-    flatten(data, &mut items);
+    let items = json_items(t)?;
     if items.len() != n * INPUT_LEN {
         return Err(count_error(items.len()));
     }
@@ -619,9 +621,6 @@ pub async fn infer(
             binary: blob,
         })
     };
-    let result = tokio::select! {
-        r = work => r,
-        () = peer::until_gone(&req) => Err(ApiError::client_gone()),
-    };
+    let result = peer::unless_gone(&req, work).await;
     scope.finish(result).map(Answer::into_response)
 }
