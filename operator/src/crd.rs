@@ -102,10 +102,6 @@ pub const DEFAULT_RPS_METRIC: &str = "ml_inference_requests_per_second";
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!(has(self.replicas) && has(self.autoscaling))",
-        "message": "spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas to let the HorizontalPodAutoscaler set the replica count, or remove spec.autoscaling to use a fixed count"
-    },
-    {
         "rule": "!has(self.env) || self.env.all(e, !(e.name in ['PORT', 'HOST']))",
         "message": "spec.env must not set PORT or HOST: the operator sets them so that the probes and the Service reach the server"
     },
@@ -135,11 +131,13 @@ pub struct InferenceServiceSpec {
     #[schemars(length(max = 16))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
-    /// Fixed number of server pods, when `autoscaling` is not set. Defaults to 1. Mutually
-    /// exclusive with `autoscaling`. `kubectl scale` sets this field.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Number of server pods. Defaults to 1. `kubectl scale` sets this field (the scale
+    /// subresource). With `autoscaling` the HorizontalPodAutoscaler writes it through the scale
+    /// subresource, within [minReplicas, maxReplicas]: leave it out of manifests you re-apply, as
+    /// with a Deployment under an HPA. Removing `autoscaling` keeps the last count.
+    #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
-    pub replicas: Option<i32>,
+    pub replicas: i32,
 
     /// CPU and memory requests and limits of the server container. When absent the operator uses
     /// requests cpu=1, memory=1Gi and limit memory=2Gi. When present it is used as given.
@@ -153,8 +151,9 @@ pub struct InferenceServiceSpec {
     #[schemars(range(min = 0, max = 16))]
     pub gpu: Option<i32>,
 
-    /// Horizontal autoscaling. When set, a HorizontalPodAutoscaler (autoscaling/v2) owns the
-    /// replica count; when removed, the HPA is deleted and `replicas` applies again.
+    /// Horizontal autoscaling. When set, a HorizontalPodAutoscaler (autoscaling/v2) scales this
+    /// InferenceService (its `replicas`); when removed, the HPA is deleted and the pods stay at
+    /// the last count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
 
@@ -268,6 +267,10 @@ pub struct ModelPvcSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub sub_path: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    1
 }
 
 fn default_model_mount_path() -> String {
@@ -427,8 +430,16 @@ impl Default for AutoscalingSpec {
 }
 
 /// Overrides for the server container's probes. Each probe given here replaces the default whole.
+// A probe `host` would make the kubelet send requests from the node to any address: whoever may
+// create an InferenceService could probe (and time) hosts the pod itself cannot reach.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(!has(self.liveness) || ((!has(self.liveness.httpGet) || !has(self.liveness.httpGet.host)) && (!has(self.liveness.tcpSocket) || !has(self.liveness.tcpSocket.host)))) && (!has(self.readiness) || ((!has(self.readiness.httpGet) || !has(self.readiness.httpGet.host)) && (!has(self.readiness.tcpSocket) || !has(self.readiness.tcpSocket.host)))) && (!has(self.startup) || ((!has(self.startup.httpGet) || !has(self.startup.httpGet.host)) && (!has(self.startup.tcpSocket) || !has(self.startup.tcpSocket.host))))",
+        "message": "probes must not set httpGet.host or tcpSocket.host: the kubelet probes the pod's own IP"
+    }
+]))]
 pub struct ProbesSpec {
     /// Liveness probe: failing restarts the container. Default: HTTP GET /health on port `http`
     /// every 10s, 3 failures.

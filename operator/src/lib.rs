@@ -7,6 +7,7 @@
 pub mod builders;
 pub mod controller;
 pub mod crd;
+pub mod diff;
 pub mod http;
 pub mod leader;
 pub mod metrics;

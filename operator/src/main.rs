@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use inference_operator::builders::{self, Config};
-use inference_operator::controller::{self, Context, RunOptions};
+use inference_operator::controller::{self, RunOptions, Settings};
 use inference_operator::crd::InferenceService;
 use inference_operator::http::{self, Health};
 use inference_operator::leader::{self, LeaderConfig, LeaderElector, Stop};
 use inference_operator::metrics::Metrics;
+use inference_operator::validate::Policy;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -70,6 +71,22 @@ struct Args {
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
 
+    /// Image prefixes that `spec.image` must start with, comma-separated (e.g.
+    /// `123456789012.dkr.ecr.us-east-1.amazonaws.com/`). Empty: any image.
+    #[arg(long, env = "ALLOWED_IMAGE_PREFIXES", value_delimiter = ',')]
+    allowed_image_prefixes: Vec<String>,
+
+    /// ServiceAccounts that `spec.serviceAccountName` may name, comma-separated (`default` is
+    /// always allowed). Empty: any.
+    #[arg(long, env = "ALLOWED_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    allowed_service_accounts: Vec<String>,
+
+    /// Move InferenceServices without spec.image to this operator's default image now. Off:
+    /// each keeps the default image it runs until its pod template changes, so that an operator
+    /// upgrade does not roll out every InferenceService at once.
+    #[arg(long, env = "UPGRADE_DEFAULT_IMAGE", default_value_t = false, action = clap::ArgAction::Set)]
+    upgrade_default_image: bool,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -82,10 +99,20 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The reconcile span: namespace, name and generation of the object.
+            .with_current_span(true)
+            .with_span_list(false)
             .init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The list without empty entries (an empty env var means "no list").
+fn non_empty(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn hostname() -> Option<String> {
@@ -143,18 +170,27 @@ fn spawn_signal_handler(stop_tx: watch::Sender<Option<Stop>>) {
 }
 
 /// Waits until the CRD is served. Retries (with a hint in the log) instead of crash-looping.
+/// Lists in the watched namespace only, so that a namespaced Role is enough.
 async fn wait_for_crd(
     client: &Client,
+    namespace: Option<&str>,
     health: &Health,
     stop: &watch::Receiver<Option<Stop>>,
 ) -> bool {
-    let api: Api<InferenceService> = Api::all(client.clone());
+    let api: Api<InferenceService> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let mut delay = Duration::from_secs(1);
     loop {
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => return true,
             Err(kube::Error::Api(s)) if s.code == 404 => tracing::error!(
                 "the InferenceService CRD is not installed: kubectl apply --server-side -f crds/ (retrying)"
+            ),
+            Err(kube::Error::Api(s)) if s.code == 403 => tracing::error!(
+                error = %s.message,
+                "not allowed to list InferenceServices: check the operator's RBAC (retrying)"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot list InferenceServices (retrying)"),
         }
@@ -183,7 +219,8 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     ));
 
     let client = Client::try_default().await?;
-    if !wait_for_crd(&client, &health, &stop_rx).await {
+    let namespace = args.namespace.clone().filter(|n| !n.is_empty());
+    if !wait_for_crd(&client, namespace.as_deref(), &health, &stop_rx).await {
         return Ok(ExitCode::SUCCESS);
     }
     health.set_ready(true);
@@ -194,17 +231,18 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .or_else(hostname)
         .unwrap_or_else(|| builders::MANAGER.into());
     let identity = leader::identity(&base);
-    let config = Config {
-        default_image: args.default_image.clone(),
-        cluster_domain: args.cluster_domain.clone(),
+    let settings = Settings {
+        config: Config {
+            default_image: args.default_image.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+        },
+        policy: Policy {
+            allowed_image_prefixes: non_empty(&args.allowed_image_prefixes),
+            allowed_service_accounts: non_empty(&args.allowed_service_accounts),
+        },
+        upgrade_default_image: args.upgrade_default_image,
     };
-    tracing::info!(%identity, default_image = %config.default_image, namespace = ?args.namespace, "starting");
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config,
-        metrics.clone(),
-        identity.clone(),
-    ));
+    tracing::info!(%identity, default_image = %settings.config.default_image, namespace = ?namespace, policy = ?settings.policy, "starting");
 
     let holder = if args.leader_election {
         let ns = args
@@ -229,9 +267,12 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         None
     };
 
-    let namespace = args.namespace.clone().filter(|n| !n.is_empty());
     controller::run(
-        ctx,
+        client.clone(),
+        settings,
+        metrics.clone(),
+        health.clone(),
+        identity.clone(),
         RunOptions {
             namespace,
             concurrency: args.concurrency,
@@ -302,5 +343,19 @@ mod tests {
         assert!(!a.leader_election);
         assert_eq!(a.namespace.as_deref(), Some("ml"));
         assert!(a.default_image.contains("inference-server"));
+        assert!(a.allowed_image_prefixes.is_empty() && !a.upgrade_default_image);
+        let a = Args::try_parse_from([
+            "inference-operator",
+            "--allowed-image-prefixes",
+            "ecr.example/ml/,ghcr.io/inference-server/",
+            "--allowed-service-accounts",
+            "inference",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.allowed_image_prefixes,
+            ["ecr.example/ml/", "ghcr.io/inference-server/"]
+        );
+        assert_eq!(a.allowed_service_accounts, ["inference"]);
     }
 }

@@ -1,5 +1,7 @@
 //! Prometheus metrics of the operator, served at `/metrics`.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
 use std::time::Instant;
 
@@ -12,8 +14,16 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// Short error class, e.g. `api_conflict`, `invalid_spec`.
+    /// Short error class, e.g. `apply_conflict`, `status_transport`; or a spec problem's
+    /// condition reason, e.g. `InvalidSpec`.
     pub reason: String,
+}
+
+/// One InferenceService.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// All operator metrics, prefixed `inference_operator_`.
@@ -21,8 +31,16 @@ pub struct Metrics {
     registry: Registry,
     /// Reconciles started.
     pub reconciles: Counter,
-    /// Reconcile failures and spec problems, by reason.
+    /// Reconciles that failed on the API (retried with backoff), by reason.
     pub errors: Family<ErrorLabels, Counter>,
+    /// Spec problems found, counted once when an InferenceService becomes Degraded by one.
+    pub spec_problems: Family<ErrorLabels, Counter>,
+    /// Per InferenceService: 1 while its Ready condition is True.
+    pub ready: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
+    /// Per InferenceService: 1 while its Degraded condition is True.
+    pub degraded: Family<ObjectLabels, Gauge<i64, AtomicI64>>,
+    /// The label sets of the two gauges above, to drop those of deleted objects.
+    objects: Mutex<BTreeSet<ObjectLabels>>,
     /// Reconcile duration in seconds.
     pub duration: Histogram,
     /// 1 while this replica holds the leader lease.
@@ -37,6 +55,24 @@ impl Default for Metrics {
         let duration =
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
         let leader = Gauge::<i64, AtomicI64>::default();
+        let spec_problems = Family::<ErrorLabels, Counter>::default();
+        let ready = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
+        let degraded = Family::<ObjectLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "spec_problems",
+            "Spec problems (invalid spec, policy, child conflict, rejected apply), counted once each time an InferenceService becomes Degraded by one",
+            spec_problems.clone(),
+        );
+        registry.register(
+            "inferenceservice_ready",
+            "1 while the InferenceService's Ready condition is True (it serves requests)",
+            ready.clone(),
+        );
+        registry.register(
+            "inferenceservice_degraded",
+            "1 while the InferenceService's Degraded condition is True",
+            degraded.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of InferenceServices",
@@ -44,7 +80,7 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_errors",
-            "Reconcile errors and spec problems by reason",
+            "Reconciles that failed on the Kubernetes API, by step and error class",
             errors.clone(),
         );
         registry.register(
@@ -63,6 +99,10 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            spec_problems,
+            ready,
+            degraded,
+            objects: Mutex::default(),
         }
     }
 }
@@ -83,6 +123,40 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    pub fn spec_problem(&self, reason: &str) {
+        self.spec_problems
+            .get_or_create(&ErrorLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the per-object condition gauges.
+    pub fn set_conditions(&self, namespace: &str, name: &str, ready: bool, degraded: bool) {
+        let labels = ObjectLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.ready.get_or_create(&labels).set(i64::from(ready));
+        self.degraded
+            .get_or_create(&labels)
+            .set(i64::from(degraded));
+        self.objects.lock().unwrap().insert(labels);
+    }
+
+    /// Drops the gauges of objects for which `exists` is false (deleted InferenceServices).
+    pub fn retain_objects(&self, exists: impl Fn(&ObjectLabels) -> bool) {
+        let mut objects = self.objects.lock().unwrap();
+        objects.retain(|labels| {
+            let keep = exists(labels);
+            if !keep {
+                self.ready.remove(labels);
+                self.degraded.remove(labels);
+            }
+            keep
+        });
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -123,18 +197,42 @@ mod tests {
         {
             let _g = m.reconcile_started();
         }
-        m.error("invalid_spec");
-        m.error("invalid_spec");
+        m.error("apply_conflict");
+        m.error("apply_conflict");
+        m.spec_problem("InvalidSpec");
         m.set_leader(true);
+        m.set_conditions("ml", "a", true, false);
+        m.set_conditions("ml", "b", false, true);
         let text = m.encode();
         assert!(
             text.contains("inference_operator_reconciles_total 1"),
             "{text}"
         );
         assert!(
-            text.contains("inference_operator_reconcile_errors_total{reason=\"invalid_spec\"} 2"),
+            text.contains("inference_operator_reconcile_errors_total{reason=\"apply_conflict\"} 2"),
             "{text}"
         );
+        assert!(
+            text.contains("inference_operator_spec_problems_total{reason=\"InvalidSpec\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "inference_operator_inferenceservice_ready{namespace=\"ml\",name=\"a\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "inference_operator_inferenceservice_degraded{namespace=\"ml\",name=\"b\"} 1"
+            ),
+            "{text}"
+        );
+        // A deleted object's series go.
+        m.retain_objects(|o| o.name == "a");
+        let text = m.encode();
+        assert!(!text.contains("name=\"b\""), "{text}");
+        assert!(text.contains("name=\"a\""), "{text}");
         assert!(
             text.contains("inference_operator_reconcile_duration_seconds_count 1"),
             "{text}"

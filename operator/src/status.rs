@@ -3,7 +3,7 @@
 //! condition's status flips.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -143,6 +143,8 @@ fn last_exit(cs: &ContainerStatus) -> String {
 pub struct Observed<'a> {
     /// The Deployment as the API server has it (after our apply), if it exists.
     pub deployment: Option<&'a Deployment>,
+    /// The Service as the API server has it, if it exists.
+    pub service: Option<&'a Service>,
     pub pods: PodHealth,
     /// A problem found by the operator; it makes the service Degraded.
     pub problem: Option<Problem>,
@@ -280,6 +282,11 @@ pub fn compute(
             "RolloutPending",
             "the Deployment controller has not seen the new spec yet",
         ),
+        Some(_) if !rolled_out && !pods.unschedulable.is_empty() => verdict(
+            true,
+            "RollingOut",
+            format!("{counts}; {}", first(&pods.unschedulable)),
+        ),
         Some(_) if !rolled_out => verdict(true, "RollingOut", counts.clone()),
         // As Kubernetes defines a complete rollout: every desired replica updated and available
         // (pods still loading the model, e.g. added by the HPA, keep it Progressing).
@@ -287,35 +294,35 @@ pub fn compute(
         Some(_) => verdict(false, "RolloutComplete", counts.clone()),
     };
 
-    let ready_c = if degraded.status {
-        verdict(false, &degraded.reason, degraded.message.clone())
+    let url = observed.service.map(|svc| builders::service_url(svc, cfg));
+    // Ready means "serving": the Service has available pods behind it, of this spec or the
+    // previous one, and the operator has no problem with the spec. A rollout (Progressing) or a
+    // few broken pods (Degraded) while others serve does not page anyone alerting on Ready.
+    let ready_c = if let Some(p) = &observed.problem {
+        verdict(false, &p.reason, p.message.clone())
     } else if dep.is_none() {
         verdict(false, &available_c.reason, available_c.message.clone())
+    } else if observed.service.is_none() {
+        verdict(false, "ServiceNotFound", "the Service does not exist yet")
     } else if desired == 0 {
         verdict(
             false,
             "ScaledToZero",
             "replicas is 0: nothing serves requests",
         )
-    } else if !rolled_out {
-        if !pods.unschedulable.is_empty() {
+    } else if available == 0 {
+        // Say why nothing serves, the pods' own trouble first.
+        if degraded.status {
+            verdict(false, &degraded.reason, degraded.message.clone())
+        } else if !pods.unschedulable.is_empty() {
             verdict(false, "Unschedulable", first(&pods.unschedulable))
         } else {
             verdict(
                 false,
-                "RolloutInProgress",
-                format!(
-                    "rolling out generation {}: {counts}",
-                    generation.unwrap_or(0)
-                ),
+                "NoReplicasAvailable",
+                format!("{counts}; the model may still be loading"),
             )
         }
-    } else if available == 0 {
-        verdict(
-            false,
-            "NoReplicasAvailable",
-            format!("{counts}; the model may still be loading"),
-        )
     } else {
         let model = &isvc.spec.model;
         let version = model
@@ -323,15 +330,18 @@ pub fn compute(
             .as_deref()
             .map(|v| format!(" version {v}"))
             .unwrap_or_default();
-        verdict(
-            true,
-            "Ready",
-            format!(
-                "{counts}; serving model {}{version} at {}",
-                model.name,
-                builders::url(isvc, cfg)
-            ),
-        )
+        let mut message = format!(
+            "{counts}; serving model {}{version} at {}",
+            model.name,
+            url.as_deref().unwrap_or_default()
+        );
+        if progressing.status {
+            message.push_str(&format!("; rollout: {}", progressing.reason));
+        }
+        if degraded.status {
+            message.push_str(&format!("; degraded: {}", degraded.reason));
+        }
+        verdict(true, "Serving", message)
     };
 
     let make = |type_: &str, v: Verdict| {
@@ -356,9 +366,11 @@ pub fn compute(
         ready_replicas: ready,
         updated_replicas: updated,
         available_replicas: available,
-        url: Some(builders::url(isvc, cfg)),
+        // What runs, not what the spec asks for: an apply the API server refused leaves the
+        // previous Deployment and Service in place.
+        url,
         selector: Some(builders::selector_string(isvc)),
-        image: Some(builders::image(isvc, cfg)),
+        image: dep.and_then(builders::deployment::server_image),
         conditions: vec![
             make(READY, ready_c),
             make(AVAILABLE, available_c),
@@ -487,11 +499,13 @@ mod tests {
         problem: Option<Problem>,
         now: Time,
     ) -> InferenceServiceStatus {
+        let svc = crate::builders::service::build(isvc);
         compute(
             isvc,
             &Config::default(),
             &Observed {
                 deployment: dep,
+                service: Some(&svc),
                 pods,
                 problem,
             },
@@ -520,12 +534,12 @@ mod tests {
         );
         assert_eq!(
             s.selector.as_deref(),
-            Some("app.kubernetes.io/instance=resnet50,app.kubernetes.io/name=inference-server")
+            Some("serving.inference-server.dev/inferenceservice=resnet50")
         );
         let ready = cond(&s, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
-            ("True", "Ready")
+            ("True", "Serving")
         );
         assert!(
             ready.message.contains("serving model resnet50"),
@@ -565,8 +579,13 @@ mod tests {
         }
         .build();
         let s1 = run(&isvc, Some(&rolling), PodHealth::default(), None, t(0));
-        assert_eq!(cond(&s1, READY).status, "False");
-        assert_eq!(cond(&s1, READY).reason, "RolloutInProgress");
+        // Old pods serve during the rollout: Ready, and Progressing says what is going on.
+        assert_eq!(cond(&s1, READY).status, "True");
+        assert!(
+            cond(&s1, READY).message.contains("rollout: RollingOut"),
+            "{}",
+            cond(&s1, READY).message
+        );
         assert_eq!(cond(&s1, PROGRESSING).status, "True");
         isvc.status = Some(s1.clone());
 
@@ -590,7 +609,7 @@ mod tests {
         }
         isvc.status = Some(s2.clone());
 
-        // Rollout done: Ready and Progressing flip and get the new time; the others keep theirs.
+        // Rollout done: Progressing flips and gets the new time; the others keep theirs.
         let s3 = run(
             &isvc,
             Some(&Dep::steady(2).build()),
@@ -599,7 +618,8 @@ mod tests {
             t(60),
         );
         assert_eq!(cond(&s3, READY).status, "True");
-        assert_eq!(cond(&s3, READY).last_transition_time, t(60));
+        assert_eq!(cond(&s3, READY).last_transition_time, t(0));
+        assert_eq!(cond(&s3, PROGRESSING).status, "False");
         assert_eq!(cond(&s3, PROGRESSING).last_transition_time, t(60));
         assert_eq!(cond(&s3, AVAILABLE).last_transition_time, t(0));
         assert_eq!(cond(&s3, DEGRADED).last_transition_time, t(0));
@@ -628,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn stuck_rollout_is_degraded_and_not_ready() {
+    fn stuck_rollout_is_degraded_while_old_pods_serve() {
         let isvc = fixture("minimal.yaml");
         let d = Dep {
             desired: 2,
@@ -641,12 +661,12 @@ mod tests {
         }
         .build();
         let s = run(&isvc, Some(&d), PodHealth::default(), None, t(0));
-        assert_eq!(
-            (
-                cond(&s, READY).status.as_str(),
-                cond(&s, READY).reason.as_str()
-            ),
-            ("False", "ProgressDeadlineExceeded")
+        // The old pods serve: Ready stays true and says the service is degraded.
+        assert_eq!(cond(&s, READY).status, "True");
+        assert!(
+            cond(&s, READY)
+                .message
+                .contains("degraded: ProgressDeadlineExceeded")
         );
         assert_eq!(cond(&s, DEGRADED).status, "True");
         assert_eq!(
@@ -697,9 +717,9 @@ mod tests {
     }
 
     #[test]
-    fn crash_looping_pods_make_ready_false() {
+    fn crash_looping_pods_degrade_and_explain_ready_when_nothing_serves() {
         let isvc = fixture("minimal.yaml");
-        // Even with the old pods still available.
+        // The old pods are still available: serving, but degraded.
         let d = Dep {
             desired: 2,
             replicas: 3,
@@ -714,7 +734,25 @@ mod tests {
             crashing_pod("resnet50-new-2"),
         ]);
         assert_eq!(health.crash_looping.len(), 2);
-        let s = run(&isvc, Some(&d), health, None, t(0));
+        let s = run(&isvc, Some(&d), health.clone(), None, t(0));
+        assert_eq!(cond(&s, READY).status, "True");
+        let degraded = cond(&s, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "CrashLoopBackOff")
+        );
+        assert!(degraded.message.contains("failed to load weights"));
+        // Nothing available: Ready is false and says why.
+        let none = Dep {
+            desired: 2,
+            replicas: 2,
+            ready: 0,
+            updated: 2,
+            available: 0,
+            ..Dep::steady(2)
+        }
+        .build();
+        let s = run(&isvc, Some(&none), health, None, t(0));
         let ready = cond(&s, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -791,7 +829,8 @@ mod tests {
         let s = run(&isvc, Some(&d), h, None, t(0));
         assert_eq!(cond(&s, READY).reason, "ImagePullBackOff");
 
-        // Unschedulable alone is not Degraded (the cluster may be scaling up) but explains Ready.
+        // Unschedulable alone is not Degraded (the cluster may be scaling up); one pod serves, and
+        // Progressing says why the rest does not run.
         let d = Dep {
             desired: 2,
             replicas: 2,
@@ -801,14 +840,26 @@ mod tests {
             ..Dep::steady(2)
         }
         .build();
-        let s = run(&isvc, Some(&d), pod_health(&[pending]), None, t(0));
+        let s = run(&isvc, Some(&d), pod_health(std::slice::from_ref(&pending)), None, t(0));
         assert_eq!(cond(&s, DEGRADED).status, "False");
-        assert_eq!(cond(&s, READY).reason, "Unschedulable");
+        assert_eq!(cond(&s, READY).status, "True");
         assert!(
-            cond(&s, READY)
+            cond(&s, PROGRESSING)
                 .message
                 .contains("Insufficient nvidia.com/gpu")
         );
+        // Nothing scheduled at all: Ready is false and says why.
+        let d = Dep {
+            desired: 1,
+            replicas: 1,
+            ready: 0,
+            updated: 1,
+            available: 0,
+            ..Dep::steady(1)
+        }
+        .build();
+        let s = run(&isvc, Some(&d), pod_health(&[pending]), None, t(0));
+        assert_eq!(cond(&s, READY).reason, "Unschedulable");
     }
 
     #[test]
@@ -892,7 +943,7 @@ mod tests {
         .build();
         let s = run(&isvc, Some(&fresh), PodHealth::default(), None, t(0));
         assert_eq!(cond(&s, PROGRESSING).reason, "RolloutPending");
-        assert_eq!(cond(&s, READY).reason, "RolloutInProgress");
+        assert_eq!(cond(&s, READY).status, "True");
 
         let loading = Dep {
             ready: 0,
@@ -926,6 +977,41 @@ mod tests {
         let s = run(&isvc, Some(&d), PodHealth::default(), None, t(0));
         assert_eq!(cond(&s, READY).status, "True");
         assert!(cond(&s, READY).message.contains("version 1"));
+    }
+
+    #[test]
+    fn image_and_url_report_what_runs() {
+        // The spec asks for a new image and port, but the apply was refused: the old Deployment
+        // and Service still run, and the status says so.
+        let mut isvc = fixture("minimal.yaml");
+        let running = crate::builders::deployment::build(&isvc, &Config::default());
+        let svc = crate::builders::service::build(&isvc);
+        isvc.spec.image = Some("registry.example/new:2".into());
+        isvc.spec.service = Some(crate::crd::ServiceSpec {
+            port: 8000,
+            ..Default::default()
+        });
+        let mut dep = Dep::steady(1).build();
+        dep.spec.as_mut().unwrap().template = running.spec.unwrap().template;
+        let s = compute(
+            &isvc,
+            &Config::default(),
+            &Observed {
+                deployment: Some(&dep),
+                service: Some(&svc),
+                pods: PodHealth::default(),
+                problem: Some(Problem::new("ApplyFailed", "rejected")),
+            },
+            t(0),
+        );
+        assert_eq!(s.image, Some(Config::default().default_image));
+        assert_eq!(
+            s.url.as_deref(),
+            Some("http://resnet50.ml.svc.cluster.local")
+        );
+        // Nothing exists yet: nothing to report.
+        let s = compute(&isvc, &Config::default(), &Observed::default(), t(0));
+        assert_eq!((s.image, s.url), (None, None));
     }
 
     #[test]

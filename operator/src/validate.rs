@@ -29,6 +29,55 @@ impl fmt::Display for Issue {
     }
 }
 
+/// What the cluster's administrator lets InferenceServices use (operator flags; empty lists
+/// allow everything). Whoever may create an InferenceService may in effect create Deployments:
+/// these lists bound the image and the pods' API identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Prefixes that `spec.image` must start with, e.g. `123456789012.dkr.ecr.us-east-1.amazonaws.com/`.
+    pub allowed_image_prefixes: Vec<String>,
+    /// Names `spec.serviceAccountName` may take (the namespace's `default` is always allowed).
+    pub allowed_service_accounts: Vec<String>,
+}
+
+/// Checks the spec against the administrator's [`Policy`] (reason `NotAllowed`).
+pub fn check_policy(isvc: &InferenceService, policy: &Policy) -> Result<(), Vec<Issue>> {
+    let mut issues = Vec::new();
+    if let Some(image) = &isvc.spec.image
+        && !policy.allowed_image_prefixes.is_empty()
+        && !policy
+            .allowed_image_prefixes
+            .iter()
+            .any(|p| image.starts_with(p.as_str()))
+    {
+        issues.push(Issue {
+            field: "spec.image".into(),
+            message: format!(
+                "{image} is not from an allowed registry (the operator allows: {})",
+                policy.allowed_image_prefixes.join(", ")
+            ),
+        });
+    }
+    if let Some(sa) = &isvc.spec.service_account_name
+        && sa != "default"
+        && !policy.allowed_service_accounts.is_empty()
+        && !policy.allowed_service_accounts.contains(sa)
+    {
+        issues.push(Issue {
+            field: "spec.serviceAccountName".into(),
+            message: format!(
+                "{sa} is not an allowed ServiceAccount (the operator allows: default, {})",
+                policy.allowed_service_accounts.join(", ")
+            ),
+        });
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(issues)
+    }
+}
+
 /// All issues in one line, for a condition message or an event note.
 pub fn summarize(issues: &[Issue]) -> String {
     issues
@@ -97,10 +146,28 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
             "must not be empty; remove it to use the default image".into(),
         );
     }
-    if let Some(r) = spec.replicas
-        && r < 0
-    {
-        issue("spec.replicas", format!("{r} must not be negative"));
+    if spec.replicas < 0 {
+        issue(
+            "spec.replicas",
+            format!("{} must not be negative", spec.replicas),
+        );
+    }
+    if let Some(probes) = &spec.probes {
+        for (name, probe) in [
+            ("liveness", &probes.liveness),
+            ("readiness", &probes.readiness),
+            ("startup", &probes.startup),
+        ] {
+            let Some(p) = probe else { continue };
+            let http_host = p.http_get.as_ref().and_then(|h| h.host.as_ref());
+            let tcp_host = p.tcp_socket.as_ref().and_then(|t| t.host.as_ref());
+            if http_host.or(tcp_host).is_some() {
+                issue(
+                    &format!("spec.probes.{name}"),
+                    "must not set httpGet.host or tcpSocket.host: the kubelet probes the pod's own IP".into(),
+                );
+            }
+        }
     }
     if let Some(g) = spec.gpu
         && g < 0
@@ -164,12 +231,6 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
     };
 
     if let Some(auto) = &spec.autoscaling {
-        if spec.replicas.is_some() {
-            issue(
-                "spec.replicas",
-                "spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas to let the HorizontalPodAutoscaler set the replica count".into(),
-            );
-        }
         if auto.min_replicas < 1 {
             issue(
                 "spec.autoscaling.minReplicas",
@@ -437,6 +498,40 @@ spec:
 "#,
         );
         assert_eq!(validate(&isvc), Ok(()));
+    }
+
+    #[test]
+    fn policy_allows_only_listed_registries_and_accounts() {
+        let mut isvc = fixture("minimal.yaml");
+        let open = Policy::default();
+        let strict = Policy {
+            allowed_image_prefixes: vec!["ecr.example/ml/".into()],
+            allowed_service_accounts: vec!["inference".into()],
+        };
+        // No spec.image, no account: the operator's default image and `default` pass.
+        assert_eq!(check_policy(&isvc, &strict), Ok(()));
+        isvc.spec.image = Some("docker.io/evil/miner:1".into());
+        isvc.spec.service_account_name = Some("cluster-admin-sa".into());
+        assert_eq!(check_policy(&isvc, &open), Ok(()));
+        let issues = check_policy(&isvc, &strict).unwrap_err();
+        let fields: Vec<_> = issues.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["spec.image", "spec.serviceAccountName"]);
+        assert!(issues[0].message.contains("ecr.example/ml/"), "{issues:?}");
+        isvc.spec.image = Some("ecr.example/ml/resnet:2".into());
+        isvc.spec.service_account_name = Some("inference".into());
+        assert_eq!(check_policy(&isvc, &strict), Ok(()));
+    }
+
+    #[test]
+    fn probe_host_is_refused() {
+        let mut isvc = fixture("minimal.yaml");
+        let mut probe = crate::builders::deployment::default_liveness_probe();
+        probe.http_get.as_mut().unwrap().host = Some("169.254.169.254".into());
+        isvc.spec.probes = Some(crate::crd::ProbesSpec {
+            liveness: Some(probe),
+            ..Default::default()
+        });
+        assert!(fields(&isvc).contains(&"spec.probes.liveness".to_string()));
     }
 
     #[test]

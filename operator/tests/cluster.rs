@@ -259,10 +259,7 @@ async fn create_builds_children_and_status() {
     );
     assert_eq!(
         st.selector.as_deref(),
-        Some(
-            format!("app.kubernetes.io/instance={name},app.kubernetes.io/name=inference-server")
-                .as_str()
-        )
+        Some(format!("serving.inference-server.dev/inferenceservice={name}").as_str())
     );
     assert_eq!(st.image.as_deref(), Some(DEFAULT_IMAGE));
     assert_eq!((st.ready_replicas, st.available_replicas), (0, 0));
@@ -275,8 +272,9 @@ async fn create_builds_children_and_status() {
         status_json(&isvc)
     );
     let ready = cond(&isvc, "Ready").unwrap();
-    assert!(
-        ["NoReplicasAvailable", "RolloutInProgress"].contains(&ready.reason.as_str()),
+    assert_eq!(
+        ready.reason,
+        "NoReplicasAvailable",
         "{}",
         status_json(&isvc)
     );
@@ -393,12 +391,13 @@ async fn spec_update_rolls_out_a_new_replica_set() {
     let hash = |r: &ReplicaSet| r.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
     assert_ne!(hash(&old), hash(&new));
 
-    // The status follows: generation 2, rolling out, the new image.
+    // The status follows: generation 2, rolling out (Progressing), the new image. Nothing serves
+    // (no node runs the old pod either), which Ready says on its own.
     let isvc = env
         .wait_isvc(name, "status of generation 2, rolling out", REACT, |i| {
             observed_current(i)
                 && i.metadata.generation == Some(2)
-                && cond_of(i, "Ready") == ("False".into(), "RolloutInProgress".into())
+                && cond_of(i, "Ready") == ("False".into(), "NoReplicasAvailable".into())
                 && cond_of(i, "Progressing") == ("True".into(), "RollingOut".into())
         })
         .await;
@@ -410,24 +409,30 @@ async fn spec_update_rolls_out_a_new_replica_set() {
         "{}",
         status_json(&isvc)
     );
-    let msg = &cond(&isvc, "Ready").unwrap().message;
-    assert!(msg.contains("generation 2"), "{msg}");
+    let msg = &cond(&isvc, "Progressing").unwrap().message;
+    assert!(msg.contains("1 updated"), "{msg}");
     env.finish().await;
 }
 
-/// 3. Autoscaling on → an autoscaling/v2 HPA and the replica count left to it; off → HPA gone,
-/// replicas back to the fixed count. The PDB follows the minimum replica count.
+/// 3. Autoscaling on → an autoscaling/v2 HPA that scales the InferenceService itself (its scale
+/// subresource), and the real HPA controller raising it to minReplicas; a scale by the HPA reaches
+/// the Deployment and survives spec edits; autoscaling off → HPA gone, the count kept.
 #[tokio::test]
-async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
+async fn autoscaling_scales_the_inference_service_and_keeps_the_count() {
     let mut env = Env::new(cluster(), "hpa").await;
     let _op = env.start_operator("op");
     let name = "scaled";
     let hpas: Api<HorizontalPodAutoscaler> = env.api();
     let pdbs: Api<PodDisruptionBudget> = env.api();
-    let deployments: Api<Deployment> = env.api();
+    let isvcs = env.isvcs();
+    // No replicas in the manifest: the scale subresource reads the schema's default, 1 (not 0,
+    // which an HPA or KEDA pointed at the InferenceService would take for "scaled to zero").
     let isvc = env
-        .apply_isvc(name, json!({"model": {"name": "resnet50"}, "replicas": 1}))
+        .apply_isvc(name, json!({"model": {"name": "resnet50"}}))
         .await;
+    assert_eq!(isvc.spec.replicas, 1);
+    let scale = isvcs.get_scale(name).await.expect("the scale subresource");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(1));
     env.wait_isvc(name, "reconciled", REACT, observed_current)
         .await;
     let d: Deployment = env
@@ -468,9 +473,9 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
     let spec = hpa.spec.clone().unwrap();
     assert_eq!(
         spec.scale_target_ref.api_version.as_deref(),
-        Some("apps/v1")
+        Some("serving.inference-server.dev/v1alpha1")
     );
-    assert_eq!(spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(spec.scale_target_ref.kind, "InferenceService");
     assert_eq!(spec.scale_target_ref.name, name);
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 4));
     let metrics = spec.metrics.clone().unwrap();
@@ -493,7 +498,7 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
             .stabilization_window_seconds,
         Some(120)
     );
-    // Raised to minReplicas; the same Deployment; a PDB now that at least 2 run.
+    // The Deployment is held at minReplicas at once; the same Deployment, no rollout.
     let d: Deployment = env
         .wait_obj::<Deployment>(name, "raised to minReplicas 2", REACT, |d| {
             d.spec.as_ref().unwrap().replicas == Some(2)
@@ -505,26 +510,39 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
         template,
         "only spec.replicas changed: no rollout"
     );
-    env.wait_obj::<PodDisruptionBudget>(name, "created for minReplicas 2", REACT, |_| true)
+    // The kube-controller-manager's HPA controller (with its own RBAC) scales the
+    // InferenceService through its scale subresource: 1 is below minReplicas, so it writes 2
+    // (it cannot read metrics here, so it makes no other decision).
+    let scaled = env
+        .wait_isvc(
+            name,
+            "spec.replicas raised to 2 by the HPA controller",
+            GC,
+            |i| i.spec.replicas == 2,
+        )
         .await;
-    // The kube-controller-manager's HPA controller picked it up (it cannot read metrics here).
-    env.wait_obj::<HorizontalPodAutoscaler>(name, "conditions from the HPA controller", GC, |h| {
+    // (The operator itself never writes the spec: only its status.)
+    assert!(
+        !managers(&scaled.metadata).contains(&"inference-operator/Apply".to_string()),
+        "{:?}",
+        managers(&scaled.metadata)
+    );
+    env.wait_obj::<HorizontalPodAutoscaler>(name, "status from the HPA controller", GC, |h| {
         h.status
             .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "AbleToScale"))
+            .is_some_and(|s| s.current_replicas == Some(2) && s.desired_replicas == 2)
     })
     .await;
 
-    // The HPA scales through the scale subresource (done here by hand, as the HPA controller
-    // would with metrics): the operator must leave spec.replicas alone from then on.
+    // A scale decision (by hand here, as the HPA controller makes them with metrics) reaches the
+    // Deployment, and a later spec edit without replicas does not undo it.
     let scale: Scale = serde_json::from_value(json!({
         "apiVersion": "autoscaling/v1", "kind": "Scale",
         "metadata": {"name": name, "namespace": env.ns},
         "spec": {"replicas": 3},
     }))
     .unwrap();
-    deployments
+    isvcs
         .replace_scale(
             name,
             &PostParams {
@@ -534,9 +552,16 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
             &scale,
         )
         .await
-        .expect("scaling the Deployment to 3");
-    // A spec change makes the operator re-apply everything.
+        .expect("scaling the InferenceService to 3");
+    env.wait_obj::<Deployment>(name, "scaled to 3", REACT, |d| {
+        d.spec.as_ref().unwrap().replicas == Some(3)
+    })
+    .await;
     let isvc2 = env.apply_isvc(name, auto(5)).await;
+    assert_eq!(
+        isvc2.spec.replicas, 3,
+        "the user's apply kept the HPA's count"
+    );
     env.wait_obj::<HorizontalPodAutoscaler>(name, "maxReplicas 5", REACT, |h| {
         h.spec.as_ref().unwrap().max_replicas == 5
     })
@@ -545,34 +570,39 @@ async fn autoscaling_toggles_the_hpa_and_replica_ownership() {
         observed_current(i) && i.metadata.generation == isvc2.metadata.generation
     })
     .await;
+    let deployments: Api<Deployment> = env.api();
     let d = deployments.get(name).await.unwrap();
-    assert_eq!(
-        d.spec.as_ref().unwrap().replicas,
-        Some(3),
-        "the operator overrode the HPA's replica count; managers: {:?}",
-        managers(&d.metadata)
-    );
-    assert!(
-        !inference_operator::builders::deployment::manager_owns_replicas(&d.metadata),
-        "the operator still owns spec.replicas: {:?}",
-        d.metadata.managed_fields
-    );
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
 
-    // Off again: HPA deleted, back to the fixed count; the PDB stays.
-    env.apply_isvc(name, json!({"model": {"name": "resnet50"}, "replicas": 1}))
+    // Off again (the natural edit: the block removed, no replicas): the HPA goes, the pods stay
+    // at the last count, the PDB stays.
+    env.apply_isvc(name, json!({"model": {"name": "resnet50"}}))
         .await;
     env.wait_gone::<HorizontalPodAutoscaler>(name, REACT).await;
+    let isvc3 = env
+        .wait_isvc(name, "reconciled without autoscaling", REACT, |i| {
+            observed_current(i) && i.spec.autoscaling.is_none()
+        })
+        .await;
+    assert_eq!(isvc3.spec.replicas, 3);
     assert!(
         pdbs.get_opt(name).await.unwrap().is_some(),
         "the PDB went away"
     );
-    let d: Deployment = env
-        .wait_obj::<Deployment>(name, "back to 1 replica", REACT, |d| {
-            d.spec.as_ref().unwrap().replicas == Some(1)
-        })
-        .await;
+    let d = deployments.get(name).await.unwrap();
+    assert_eq!(
+        d.spec.as_ref().unwrap().replicas,
+        Some(3),
+        "removing autoscaling changed the replica count"
+    );
     assert_eq!(d.metadata.uid, dep_uid, "the same Deployment all along");
-    assert!(inference_operator::builders::deployment::manager_owns_replicas(&d.metadata));
+    // A fixed count from the user applies as usual.
+    env.apply_isvc(name, json!({"model": {"name": "resnet50"}, "replicas": 1}))
+        .await;
+    env.wait_obj::<Deployment>(name, "back to 1 replica", REACT, |d| {
+        d.spec.as_ref().unwrap().replicas == Some(1)
+    })
+    .await;
     env.wait_isvc(name, "status after autoscaling off", REACT, |i| {
         settled_without_node(i, 1)
     })

@@ -162,7 +162,7 @@ async fn serves_predictions_then_reports_a_crash_loop_while_old_pods_serve() {
         "{}",
         status_json(&isvc)
     );
-    assert_eq!(cond_of(&isvc, "Ready").1, "Ready");
+    assert_eq!(cond_of(&isvc, "Ready").1, "Serving");
     assert_eq!(
         cond_of(&isvc, "Available"),
         ("True".into(), "ReplicasAvailable".into())
@@ -184,7 +184,7 @@ async fn serves_predictions_then_reports_a_crash_loop_while_old_pods_serve() {
     );
     let pods: Api<Pod> = env.api();
     let lp = ListParams::default().labels(&format!(
-        "app.kubernetes.io/instance={name},app.kubernetes.io/name=inference-server"
+        "serving.inference-server.dev/inferenceservice={name}"
     ));
     let old_pods = pods.list(&lp).await.unwrap().items;
     assert_eq!(old_pods.len(), 2);
@@ -229,22 +229,37 @@ async fn serves_predictions_then_reports_a_crash_loop_while_old_pods_serve() {
     assert_eq!(body["model_version"], "1", "{body}");
 
     // Break it: weights that do not exist. The new pod's server exits 1 and crash-loops; the
-    // rollout is stuck (maxUnavailable 0), the old pods keep serving.
+    // rollout is stuck (maxUnavailable 0), the old pods keep serving: Degraded says so, and Ready
+    // stays True (nobody alerting on Ready is paged for a bad rollout that serves).
     let t1 = Instant::now();
     env.apply_isvc(name, spec("/nonexistent/resnet50.safetensors"))
         .await;
     let isvc = env
         .wait_isvc(
             name,
-            "Ready=False because of the crash loop",
+            "Degraded=True because of the crash loop, Ready=True",
             Duration::from_secs(120),
             |i| {
                 observed_current(i)
                     && i.metadata.generation == Some(2)
-                    && cond_of(i, "Ready") == ("False".into(), "CrashLoopBackOff".into())
+                    && cond_of(i, "Degraded") == ("True".into(), "CrashLoopBackOff".into())
             },
         )
         .await;
+    assert_eq!(
+        cond_of(&isvc, "Ready"),
+        ("True".into(), "Serving".into()),
+        "{}",
+        status_json(&isvc)
+    );
+    assert!(
+        cond(&isvc, "Ready")
+            .unwrap()
+            .message
+            .contains("degraded: CrashLoopBackOff"),
+        "{}",
+        status_json(&isvc)
+    );
     eprintln!(
         "CrashLoopBackOff reported {:.1}s after the update",
         t1.elapsed().as_secs_f32()
@@ -312,10 +327,11 @@ async fn serves_predictions_then_reports_a_crash_loop_while_old_pods_serve() {
     env.apply_isvc(name, spec(&weights.display().to_string()))
         .await;
     let isvc = env
-        .wait_isvc(name, "Ready=True again", START, |i| {
+        .wait_isvc(name, "Ready=True and no longer Degraded", START, |i| {
             observed_current(i)
                 && i.metadata.generation == Some(3)
                 && cond_of(i, "Ready").0 == "True"
+                && cond_of(i, "Degraded").0 == "False"
                 && i.status
                     .as_ref()
                     .is_some_and(|s| s.replicas == 2 && s.ready_replicas == 2)

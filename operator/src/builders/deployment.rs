@@ -16,9 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    CONTAINER_NAME, Config, LABEL_VERSION, MANAGER, PORT_NAME, autoscaling, child_meta,
-    fixed_replicas, gpus, image, label_selector, labels, non_empty, resources, rollout, scheduling,
-    selector_labels, server, termination,
+    CONTAINER_NAME, Config, LABEL_VERSION, PORT_NAME, child_meta, gpus, image, label_selector,
+    labels, non_empty, replicas, resources, rollout, scheduling, selector_labels, server,
+    termination,
 };
 use crate::crd::{Device, InferenceService, SERVER_PORT};
 use crate::quantity;
@@ -32,54 +32,20 @@ const MIN_SHUTDOWN_GRACE: i64 = 1;
 /// Margin between the server's drain deadline and the kubelet's SIGKILL.
 const SHUTDOWN_MARGIN: i64 = 5;
 
-/// The replica count to put in the applied Deployment.
-///
-/// Without autoscaling: `spec.replicas` (default 1). With autoscaling the HPA owns
-/// `spec.replicas`, so the operator leaves it out of its apply; but while the operator's field
-/// manager still owns the field (on creation, or right after autoscaling was turned on), leaving
-/// it out would make the API server drop the value and reset the Deployment to 1 replica. In that
-/// case the operator keeps applying the current count, clamped to [min, max], until the HPA's
-/// first scale takes the field over.
-pub fn replicas_to_apply(isvc: &InferenceService, existing: Option<&Deployment>) -> Option<i32> {
-    let Some(auto) = autoscaling(isvc) else {
-        return Some(fixed_replicas(isvc));
-    };
-    let (min, max) = (
-        auto.min_replicas.max(1),
-        auto.max_replicas.max(auto.min_replicas.max(1)),
-    );
-    match existing {
-        None => Some(min),
-        Some(d) if manager_owns_replicas(&d.metadata) => {
-            let current = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(min);
-            Some(current.clamp(min, max))
-        }
-        Some(_) => None,
-    }
-}
-
-/// Whether our field manager's Apply entry owns `spec.replicas`.
-pub fn manager_owns_replicas(meta: &ObjectMeta) -> bool {
-    meta.managed_fields.iter().flatten().any(|entry| {
-        entry.manager.as_deref() == Some(MANAGER)
-            && entry.operation.as_deref() == Some("Apply")
-            && entry.subresource.as_deref().unwrap_or("").is_empty()
-            && entry
-                .fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:spec"))
-                .and_then(|spec| spec.get("f:replicas"))
-                .is_some()
-    })
-}
-
-/// Builds the Deployment. `replicas` comes from [`replicas_to_apply`].
-pub fn build(isvc: &InferenceService, cfg: &Config, replicas: Option<i32>) -> Deployment {
+/// Builds the Deployment.
+pub fn build(isvc: &InferenceService, cfg: &Config) -> Deployment {
     let rollout = rollout(isvc);
+    let mut metadata = child_meta(isvc);
+    if isvc.spec.image.is_none() {
+        metadata.annotations = Some(BTreeMap::from([(
+            ANNOTATION_DEFAULT_IMAGE.to_string(),
+            cfg.default_image.clone(),
+        )]));
+    }
     Deployment {
-        metadata: child_meta(isvc),
+        metadata,
         spec: Some(DeploymentSpec {
-            replicas,
+            replicas: Some(replicas(isvc)),
             selector: label_selector(isvc),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -95,6 +61,62 @@ pub fn build(isvc: &InferenceService, cfg: &Config, replicas: Option<i32>) -> De
         }),
         status: None,
     }
+}
+
+/// Annotation on the Deployment when its image is the operator's default (no `spec.image`): the
+/// default it resolved to, so that an operator upgrade does not move it (see [`pinned_config`]).
+pub const ANNOTATION_DEFAULT_IMAGE: &str = "serving.inference-server.dev/default-image";
+
+/// The config to build with: `cfg`, except that an InferenceService without `spec.image` keeps
+/// the default image it already runs while nothing else in its pod template changes. Without
+/// this, upgrading the operator (whose default image is its own version) would roll out every
+/// such InferenceService at once. `upgrade_default_image` (an operator flag) moves them all.
+pub fn pinned_config(
+    isvc: &InferenceService,
+    cfg: &Config,
+    live: Option<&Deployment>,
+    upgrade_default_image: bool,
+) -> Config {
+    let Some(live) = live.filter(|_| isvc.spec.image.is_none() && !upgrade_default_image) else {
+        return cfg.clone();
+    };
+    let Some(running) = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_DEFAULT_IMAGE))
+        .filter(|img| **img != cfg.default_image && server_image(live).as_ref() == Some(*img))
+    else {
+        return cfg.clone();
+    };
+    let pinned = Config {
+        default_image: running.clone(),
+        ..cfg.clone()
+    };
+    let candidate = build(isvc, &pinned);
+    let template = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .map(|s| serde_json::to_value(&s.template).unwrap_or_default())
+    };
+    match (template(live), template(&candidate)) {
+        (Some(have), Some(want)) if crate::diff::contains(&have, &want) => pinned,
+        _ => cfg.clone(),
+    }
+}
+
+/// The image of the server container of a Deployment (as built, or as stored).
+pub fn server_image(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER_NAME)?
+        .image
+        .clone()
 }
 
 fn pod_template(isvc: &InferenceService, cfg: &Config) -> PodTemplateSpec {
@@ -452,8 +474,6 @@ pub fn default_readiness_probe() -> Probe {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-    use serde_json::json;
 
     use super::*;
     use crate::builders::test_support::{fixture, from_yaml};
@@ -475,13 +495,13 @@ mod tests {
     fn minimal_spec_gets_safe_defaults() {
         let isvc = fixture("minimal.yaml");
         let cfg = Config::default();
-        let d = build(&isvc, &cfg, replicas_to_apply(&isvc, None));
+        let d = build(&isvc, &cfg);
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(d.metadata.name.as_deref(), Some("resnet50"));
         assert_eq!(d.metadata.namespace.as_deref(), Some("ml"));
         assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
         assert_eq!(spec.replicas, Some(1));
-        assert_eq!(spec.selector.match_labels.as_ref().unwrap().len(), 2);
+        assert_eq!(spec.selector.match_labels.as_ref().unwrap().len(), 1);
         let ru = spec
             .strategy
             .as_ref()
@@ -587,7 +607,7 @@ mod tests {
     #[test]
     fn pod_security_is_restricted() {
         let isvc = fixture("minimal.yaml");
-        let d = build(&isvc, &Config::default(), Some(1));
+        let d = build(&isvc, &Config::default());
         let pod = pod_spec(&d);
         let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -622,7 +642,7 @@ mod tests {
     #[test]
     fn full_spec_maps_every_field() {
         let isvc = fixture("full.yaml");
-        let d = build(&isvc, &Config::default(), replicas_to_apply(&isvc, None));
+        let d = build(&isvc, &Config::default());
         let spec = d.spec.as_ref().unwrap();
         let pod = pod_spec(&d);
         let c = &pod.containers[0];
@@ -789,7 +809,7 @@ spec:
   scheduling: {gpuToleration: false, topologySpreadConstraints: []}
 "#,
         );
-        let d = build(&isvc, &Config::default(), Some(1));
+        let d = build(&isvc, &Config::default());
         let pod = pod_spec(&d);
         assert!(pod.tolerations.is_none());
         assert!(
@@ -819,83 +839,76 @@ spec:
   termination: {preStopDelaySeconds: 0, gracePeriodSeconds: 3}
 "#,
         );
-        let d = build(&isvc, &Config::default(), Some(1));
+        let d = build(&isvc, &Config::default());
         assert!(pod_spec(&d).containers[0].lifecycle.is_none());
         assert_eq!(env_of(&d)["SHUTDOWN_GRACE_SECONDS"], "1");
     }
 
-    fn deployment_with(replicas: i32, managed: Vec<ManagedFieldsEntry>) -> Deployment {
-        Deployment {
-            metadata: ObjectMeta {
-                managed_fields: Some(managed),
-                ..Default::default()
-            },
-            spec: Some(DeploymentSpec {
-                replicas: Some(replicas),
-                ..Default::default()
-            }),
-            status: None,
-        }
-    }
-
-    fn entry(
-        manager: &str,
-        operation: &str,
-        subresource: Option<&str>,
-        fields: serde_json::Value,
-    ) -> ManagedFieldsEntry {
-        ManagedFieldsEntry {
-            manager: Some(manager.into()),
-            operation: Some(operation.into()),
-            subresource: subresource.map(Into::into),
-            fields_v1: Some(FieldsV1(fields)),
-            fields_type: Some("FieldsV1".into()),
-            ..Default::default()
-        }
+    #[test]
+    fn the_default_image_stays_until_the_template_changes() {
+        let old = Config {
+            default_image: "ghcr.io/x/inference-server:0.1.0".into(),
+            ..Config::default()
+        };
+        let new = Config {
+            default_image: "ghcr.io/x/inference-server:0.2.0".into(),
+            ..Config::default()
+        };
+        let isvc = fixture("minimal.yaml");
+        let live = build(&isvc, &old);
+        assert_eq!(
+            live.metadata.annotations.as_ref().unwrap()[ANNOTATION_DEFAULT_IMAGE],
+            old.default_image
+        );
+        let image = |cfg: &Config| {
+            build(&isvc, cfg)
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .image
+                .clone()
+        };
+        // A new operator with a new default: the running image stays.
+        let cfg = pinned_config(&isvc, &new, Some(&live), false);
+        assert_eq!(image(&cfg), Some(old.default_image.clone()));
+        // Unless the administrator opts in, or there is nothing running yet.
+        assert_eq!(pinned_config(&isvc, &new, Some(&live), true), new);
+        assert_eq!(pinned_config(&isvc, &new, None, false), new);
+        // A spec change that changes the pod template takes the new default with it.
+        let mut changed = isvc.clone();
+        changed.spec.model.version = Some("2".into());
+        assert_eq!(pinned_config(&changed, &new, Some(&live), false), new);
+        // spec.image always wins, and a Deployment that ran spec.image is not pinned to it when
+        // spec.image is removed.
+        let mut explicit = isvc.clone();
+        explicit.spec.image = Some("ecr.example/resnet:3".into());
+        assert_eq!(pinned_config(&explicit, &new, Some(&live), false), new);
+        let ran_explicit = build(&explicit, &old);
+        assert!(ran_explicit.metadata.annotations.is_none());
+        assert_eq!(pinned_config(&isvc, &new, Some(&ran_explicit), false), new);
     }
 
     #[test]
-    fn replicas_are_omitted_once_the_hpa_owns_them() {
-        let fixed = fixture("minimal.yaml");
-        assert_eq!(replicas_to_apply(&fixed, None), Some(1));
-        let auto = fixture("autoscaling.yaml"); // min 2, max 10
-        // Creation: start at minReplicas.
-        assert_eq!(replicas_to_apply(&auto, None), Some(2));
-        // We still own the field: keep the current value, clamped.
-        let ours = entry(
-            MANAGER,
-            "Apply",
-            None,
-            json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
+    fn replicas_follow_the_spec_within_the_autoscaler_bounds() {
+        let count = |yaml: &str| replicas(&from_yaml(yaml));
+        let base = "apiVersion: serving.inference-server.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: a}\nspec:\n  model: {name: resnet50}\n";
+        // No replicas: the schema's default, 1.
+        assert_eq!(count(base), 1);
+        assert_eq!(count(&format!("{base}  replicas: 0\n")), 0);
+        assert_eq!(count(&format!("{base}  replicas: 7\n")), 7);
+        // Autoscaling: the HPA's count (spec.replicas), held in [min, max] until its first write.
+        let auto = format!("{base}  autoscaling: {{minReplicas: 2, maxReplicas: 10}}\n");
+        assert_eq!(count(&auto), 2);
+        assert_eq!(count(&format!("{auto}  replicas: 7\n")), 7);
+        assert_eq!(count(&format!("{auto}  replicas: 30\n")), 10);
+        assert_eq!(count(&format!("{auto}  replicas: 0\n")), 2);
+        let d = build(
+            &from_yaml(&format!("{auto}  replicas: 5\n")),
+            &Config::default(),
         );
-        assert_eq!(
-            replicas_to_apply(&auto, Some(&deployment_with(7, vec![ours.clone()]))),
-            Some(7)
-        );
-        assert_eq!(
-            replicas_to_apply(&auto, Some(&deployment_with(30, vec![ours.clone()]))),
-            Some(10)
-        );
-        assert_eq!(
-            replicas_to_apply(&auto, Some(&deployment_with(1, vec![ours]))),
-            Some(2)
-        );
-        // The HPA scaled through the scale subresource: leave the field alone.
-        let ours_without = entry(
-            MANAGER,
-            "Apply",
-            None,
-            json!({"f:spec": {"f:template": {}}}),
-        );
-        let hpa = entry(
-            "kube-controller-manager",
-            "Update",
-            Some("scale"),
-            json!({"f:spec": {"f:replicas": {}}}),
-        );
-        assert_eq!(
-            replicas_to_apply(&auto, Some(&deployment_with(5, vec![ours_without, hpa]))),
-            None
-        );
+        assert_eq!(d.spec.unwrap().replicas, Some(5));
     }
 }

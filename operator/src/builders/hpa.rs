@@ -6,7 +6,9 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{autoscaling, child_meta, child_name};
+use kube::Resource;
+
+use super::{autoscaling, child_meta, child_name, replica_bounds};
 use crate::crd::InferenceService;
 
 /// CPU utilisation target when `autoscaling` names no target at all.
@@ -15,8 +17,7 @@ pub const DEFAULT_CPU_UTILIZATION: i32 = 80;
 /// Builds the HPA, or `None` when autoscaling is off (the operator then deletes any HPA it owns).
 pub fn build(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
     let auto = autoscaling(isvc)?;
-    let min = auto.min_replicas.max(1);
-    let max = auto.max_replicas.max(min);
+    let (min, max) = replica_bounds(auto);
     let resource = |name: &str, pct: i32| MetricSpec {
         type_: "Resource".into(),
         resource: Some(ResourceMetricSource {
@@ -62,9 +63,13 @@ pub fn build(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
     Some(HorizontalPodAutoscaler {
         metadata: child_meta(isvc),
         spec: Some(HorizontalPodAutoscalerSpec {
+            // The InferenceService itself (its scale subresource), as Argo Rollouts' HPAs target
+            // a Rollout: `spec.replicas` stays the one source of the count, so the operator
+            // never competes with the HPA for the Deployment's replicas, and removing
+            // autoscaling keeps the last count.
             scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
+                api_version: Some(InferenceService::api_version(&()).into()),
+                kind: InferenceService::kind(&()).into(),
                 name: child_name(isvc),
             },
             min_replicas: Some(min),
@@ -93,11 +98,12 @@ mod tests {
         assert_eq!(hpa.metadata.name.as_deref(), Some("resnet50"));
         assert!(hpa.metadata.owner_references.is_some());
         let spec = hpa.spec.unwrap();
-        assert_eq!(spec.scale_target_ref.kind, "Deployment");
+        // The HPA scales the InferenceService, not the Deployment (see `build`).
+        assert_eq!(spec.scale_target_ref.kind, "InferenceService");
         assert_eq!(spec.scale_target_ref.name, "resnet50");
         assert_eq!(
             spec.scale_target_ref.api_version.as_deref(),
-            Some("apps/v1")
+            Some("serving.inference-server.dev/v1alpha1")
         );
         assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 10));
         let metrics = spec.metrics.unwrap();

@@ -35,6 +35,9 @@ pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+/// The pod selector's only key: in our API group, so that no other release or chart that uses
+/// the common `app.kubernetes.io/*` labels can select our pods or have its pods selected.
+pub const LABEL_SELECTOR: &str = "serving.inference-server.dev/inferenceservice";
 
 /// Operator-wide settings that the builders need.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,10 +73,7 @@ pub fn child_name(isvc: &InferenceService) -> String {
 /// Labels the pod selector uses. They never change over an InferenceService's life, because a
 /// Deployment's selector is immutable.
 pub fn selector_labels(isvc: &InferenceService) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_string(), APP_NAME.to_string()),
-        (LABEL_INSTANCE.to_string(), isvc.name_any()),
-    ])
+    BTreeMap::from([(LABEL_SELECTOR.to_string(), isvc.name_any())])
 }
 
 /// `status.selector`, for the scale subresource.
@@ -88,6 +88,8 @@ pub fn selector_string(isvc: &InferenceService) -> String {
 /// Labels on every child object (and the pods).
 pub fn labels(isvc: &InferenceService) -> BTreeMap<String, String> {
     let mut labels = selector_labels(isvc);
+    labels.insert(LABEL_NAME.into(), APP_NAME.into());
+    labels.insert(LABEL_INSTANCE.into(), isvc.name_any());
     labels.insert(LABEL_COMPONENT.into(), COMPONENT.into());
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
     labels
@@ -101,12 +103,12 @@ pub fn label_selector(isvc: &InferenceService) -> LabelSelector {
     }
 }
 
-/// A controller owner reference to the InferenceService, blocking its foreground deletion until
-/// the child is gone. `None` when the object has no uid (it was never stored).
+/// A controller owner reference to the InferenceService. `None` when the object has no uid (it
+/// was never stored). No `blockOwnerDeletion`: setting it needs `update` on
+/// `inferenceservices/finalizers` where OwnerReferencesPermissionEnforcement is on (OpenShift),
+/// and a foreground delete of an InferenceService need not wait for its children.
 pub fn owner_reference(isvc: &InferenceService) -> Option<OwnerReference> {
-    let mut oref = isvc.controller_owner_ref(&())?;
-    oref.block_owner_deletion = Some(true);
-    Some(oref)
+    isvc.controller_owner_ref(&())
 }
 
 /// Metadata of a child: name, namespace, labels and the owner reference.
@@ -139,15 +141,39 @@ pub fn image(isvc: &InferenceService, cfg: &Config) -> String {
         .unwrap_or_else(|| cfg.default_image.clone())
 }
 
-/// `http://<service>.<namespace>.svc.<domain>[:port]`.
+/// `http://<service>.<namespace>.svc.<domain>[:port]`, the URL the spec asks for.
 pub fn url(isvc: &InferenceService, cfg: &Config) -> String {
-    let port = service_spec(isvc).port;
-    let host = format!(
-        "{}.{}.svc.{}",
-        child_name(isvc),
-        isvc.namespace().unwrap_or_else(|| "default".into()),
-        cfg.cluster_domain
-    );
+    url_of(
+        &child_name(isvc),
+        &isvc.namespace().unwrap_or_else(|| "default".into()),
+        service_spec(isvc).port,
+        cfg,
+    )
+}
+
+/// The URL of a Service as it exists: its name, namespace and the port named [`PORT_NAME`].
+pub fn service_url(svc: &k8s_openapi::api::core::v1::Service, cfg: &Config) -> String {
+    let port = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(PORT_NAME))
+                .or(ports.first())
+        })
+        .map_or(80, |p| p.port);
+    url_of(
+        &svc.name_any(),
+        &svc.namespace().unwrap_or_else(|| "default".into()),
+        port,
+        cfg,
+    )
+}
+
+fn url_of(name: &str, namespace: &str, port: i32, cfg: &Config) -> String {
+    let host = format!("{name}.{namespace}.svc.{}", cfg.cluster_domain);
     if port == 80 {
         format!("http://{host}")
     } else {
@@ -208,16 +234,24 @@ pub fn autoscaling(isvc: &InferenceService) -> Option<&AutoscalingSpec> {
     isvc.spec.autoscaling.as_ref()
 }
 
-/// Replica count when autoscaling is off.
-pub fn fixed_replicas(isvc: &InferenceService) -> i32 {
-    isvc.spec.replicas.unwrap_or(1).max(0)
+/// The autoscaler's bounds, `1 <= min <= max`.
+pub fn replica_bounds(auto: &AutoscalingSpec) -> (i32, i32) {
+    let min = auto.min_replicas.max(1);
+    (min, auto.max_replicas.max(min))
 }
 
-/// Fewest replicas the service runs with: the fixed count, or the autoscaler's minimum.
-pub fn min_replicas(isvc: &InferenceService) -> i32 {
+/// The Deployment's replica count: `spec.replicas`, which the HPA writes through the
+/// InferenceService's scale subresource when autoscaling is on. Until its first write (a new
+/// object, or autoscaling just turned on) the count is held within the HPA's bounds, as the HPA
+/// itself would.
+pub fn replicas(isvc: &InferenceService) -> i32 {
+    let r = isvc.spec.replicas.max(0);
     match autoscaling(isvc) {
-        Some(a) => a.min_replicas.max(1),
-        None => fixed_replicas(isvc),
+        Some(a) => {
+            let (min, max) = replica_bounds(a);
+            r.clamp(min, max)
+        }
+        None => r,
     }
 }
 
@@ -271,27 +305,30 @@ mod tests {
     fn labels_and_selector_are_stable() {
         let isvc = fixture("minimal.yaml");
         let sel = selector_labels(&isvc);
-        assert_eq!(sel.len(), 2);
-        assert_eq!(sel[LABEL_NAME], "inference-server");
-        assert_eq!(sel[LABEL_INSTANCE], "resnet50");
+        assert_eq!(sel.len(), 1);
+        assert_eq!(sel[LABEL_SELECTOR], "resnet50");
         let all = labels(&isvc);
+        assert_eq!(all[LABEL_NAME], "inference-server");
+        assert_eq!(all[LABEL_INSTANCE], "resnet50");
         assert_eq!(all[LABEL_MANAGED_BY], "inference-operator");
         assert_eq!(all[LABEL_COMPONENT], "predictor");
+        // Every selector label is on the pods, or the Deployment would select none of them.
+        assert!(sel.iter().all(|(k, v)| all.get(k) == Some(v)));
         assert_eq!(
             selector_string(&isvc),
-            "app.kubernetes.io/instance=resnet50,app.kubernetes.io/name=inference-server"
+            "serving.inference-server.dev/inferenceservice=resnet50"
         );
     }
 
     #[test]
-    fn owner_reference_is_controller_and_blocks_deletion() {
+    fn owner_reference_is_controller_without_blocking_deletion() {
         let isvc = fixture("minimal.yaml");
         let o = owner_reference(&isvc).unwrap();
         assert_eq!(o.kind, "InferenceService");
         assert_eq!(o.api_version, "serving.inference-server.dev/v1alpha1");
         assert_eq!(o.name, "resnet50");
         assert_eq!(o.controller, Some(true));
-        assert_eq!(o.block_owner_deletion, Some(true));
+        assert_eq!(o.block_owner_deletion, None);
         let meta = child_meta(&isvc);
         assert!(is_controlled_by(&meta, &isvc));
         let mut other = meta.clone();
@@ -347,12 +384,7 @@ mod tests {
         ] {
             let isvc = fixture(f);
             let mut objects = vec![
-                serde_json::to_value(deployment::build(
-                    &isvc,
-                    &cfg,
-                    deployment::replicas_to_apply(&isvc, None),
-                ))
-                .unwrap(),
+                serde_json::to_value(deployment::build(&isvc, &cfg)).unwrap(),
                 serde_json::to_value(service::build(&isvc)).unwrap(),
                 serde_json::to_value(pdb::build(&isvc)).unwrap(),
             ];

@@ -615,10 +615,10 @@ pub fn assert_owned_by(
         "{what}: owner uid"
     );
     assert_eq!(o.controller, Some(true), "{what}: controller=true");
+    // Setting it would need `update` on inferenceservices/finalizers (OpenShift).
     assert_eq!(
-        o.block_owner_deletion,
-        Some(true),
-        "{what}: blockOwnerDeletion"
+        o.block_owner_deletion, None,
+        "{what}: no blockOwnerDeletion"
     );
 }
 
@@ -653,13 +653,10 @@ pub fn assert_child_labels(
 
 /// The selector labels of an InferenceService's pods.
 pub fn selector(name: &str) -> std::collections::BTreeMap<String, String> {
-    [
-        ("app.kubernetes.io/instance".to_string(), name.to_string()),
-        (
-            "app.kubernetes.io/name".to_string(),
-            "inference-server".to_string(),
-        ),
-    ]
+    [(
+        "serving.inference-server.dev/inferenceservice".to_string(),
+        name.to_string(),
+    )]
     .into()
 }
 
