@@ -13,7 +13,7 @@ help:
 	@echo "make test          all tests (what CI runs)"
 	@echo "make bench         forward-pass and HTTP benchmarks side by side with PyTorch/ONNX Runtime"
 	@echo "make bench-hostile memory, slow-client and tritonclient figures for the server"
-	@echo "make crds          regenerate crds/ and the chart's copy from the Rust types"
+	@echo "make crds          regenerate crds/, rbac/ and the chart's CRD copy from the Rust code"
 	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster-down  stop it and remove its state"
 
@@ -69,7 +69,7 @@ bench-gpu:
 
 # Generated files: the CRD from the operator's Rust types (a test fails when these are stale).
 crds:
-	$(CARGO) run -q --release -p inference-operator --bin crdgen -- crds $(wildcard charts/inference-operator/crds)
+	$(CARGO) run -q --release -p inference-operator --bin crdgen -- --rbac rbac crds $(wildcard charts/inference-operator/crds)
 
 # The local control plane (etcd, kube-apiserver, kube-controller-manager), built from Go modules.
 cluster-up: build

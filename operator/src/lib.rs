@@ -12,5 +12,6 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod quantity;
+pub mod rbac;
 pub mod status;
 pub mod validate;

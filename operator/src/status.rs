@@ -840,7 +840,13 @@ mod tests {
             ..Dep::steady(2)
         }
         .build();
-        let s = run(&isvc, Some(&d), pod_health(std::slice::from_ref(&pending)), None, t(0));
+        let s = run(
+            &isvc,
+            Some(&d),
+            pod_health(std::slice::from_ref(&pending)),
+            None,
+            t(0),
+        );
         assert_eq!(cond(&s, DEGRADED).status, "False");
         assert_eq!(cond(&s, READY).status, "True");
         assert!(

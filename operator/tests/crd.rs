@@ -52,6 +52,17 @@ fn schema() -> Value {
 }
 
 #[test]
+fn rbac_files_are_up_to_date() {
+    let hint = "run `make crds` and commit the result";
+    for (name, text) in inference_operator::rbac::files() {
+        let path = repo_root().join("rbac").join(name);
+        let on_disk = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; {hint}", path.display()));
+        assert!(on_disk == text, "{} is stale: {hint}", path.display());
+    }
+}
+
+#[test]
 fn crd_files_are_up_to_date() {
     let generated = crd::crd_yaml();
     let name = crd::crd_file_name();

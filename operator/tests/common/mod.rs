@@ -404,11 +404,23 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator watching `namespace`, with `extra` flags.
+    /// Starts the operator watching `namespace`, with `extra` flags, as the cluster's admin.
     pub fn start(cluster: &Cluster, tag: &str, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_as(cluster.kubeconfig(), tag, Some(namespace), extra)
+    }
+
+    /// Starts the operator with this kubeconfig (e.g. a ServiceAccount's token), watching
+    /// `namespace` or (None) every namespace.
+    pub fn start_as(
+        kubeconfig: PathBuf,
+        tag: &str,
+        namespace: Option<&str>,
+        extra: &[&str],
+    ) -> Operator {
         let listen = format!("127.0.0.1:{}", free_port());
         let log = tmp_dir().join(format!(
-            "operator-{namespace}-{tag}-{}.log",
+            "operator-{}-{tag}-{}.log",
+            namespace.unwrap_or("all"),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -416,29 +428,25 @@ impl Operator {
         ));
         let file = std::fs::File::create(&log).expect("operator log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_inference-operator"));
-        cmd.args([
-            "--namespace",
-            namespace,
-            "--listen",
-            &listen,
-            "--log-format",
-            "text",
-        ])
-        .args(["--default-image", DEFAULT_IMAGE])
-        .args(extra)
-        .envs(cluster.env())
-        .env("RUST_LOG", "info,inference_operator=debug")
-        // Nothing from the caller's environment may change the flags' defaults.
-        .env_remove("WATCH_NAMESPACE")
-        .env_remove("POD_NAMESPACE")
-        .env_remove("POD_NAME")
-        .env_remove("LEADER_ELECTION")
-        .env_remove("LEADER_ELECTION_LEASE")
-        .env_remove("RECONCILE_CONCURRENCY")
-        .env_remove("CLUSTER_DOMAIN")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        if let Some(ns) = namespace {
+            cmd.args(["--namespace", ns]);
+        }
+        cmd.args(["--listen", &listen, "--log-format", "text"])
+            .args(["--default-image", DEFAULT_IMAGE])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,inference_operator=debug")
+            // Nothing from the caller's environment may change the flags' defaults.
+            .env_remove("WATCH_NAMESPACE")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .env_remove("LEADER_ELECTION")
+            .env_remove("LEADER_ELECTION_LEASE")
+            .env_remove("RECONCILE_CONCURRENCY")
+            .env_remove("CLUSTER_DOMAIN")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -448,7 +456,8 @@ impl Operator {
         }
         let child = cmd.spawn().expect("starting inference-operator");
         eprintln!(
-            "operator {tag} for {namespace}: pid {}, log {}",
+            "operator {tag} for {}: pid {}, log {}",
+            namespace.unwrap_or("all namespaces"),
             child.id(),
             log.display()
         );

@@ -1,0 +1,207 @@
+//! The operator as a ServiceAccount under exactly the RBAC it ships (`rbac/`, generated from
+//! `operator/src/rbac.rs`), not as the cluster's admin: first cluster-wide (ClusterRole +
+//! ClusterRoleBinding, watching every namespace), then namespaced (`--namespace`, the same rules
+//! as a Role, nothing cluster-wide). Each mode creates, edits (autoscaling off: a delete) and
+//! reports status without one `forbidden`.
+//!
+//! Its own test binary, so its own control plane: a cluster-wide operator would otherwise
+//! reconcile the other tests' namespaces.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use inference_operator::rbac;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
+use serde_json::json;
+
+const REACT: Duration = Duration::from_secs(30);
+
+/// A kubeconfig for the ServiceAccount `operator` of `ns`: the cluster's server and CA, a
+/// bound token instead of the admin's client certificate.
+async fn service_account_kubeconfig(env: &Env) -> PathBuf {
+    let sas: Api<ServiceAccount> = env.api();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request("operator", &PostParams::default(), &tr)
+        .await
+        .expect("a token for the ServiceAccount")
+        .status
+        .expect("token status")
+        .token;
+    let mut kc = Kubeconfig::read_from(env.cluster.kubeconfig()).unwrap();
+    for user in &mut kc.auth_infos {
+        let auth = user.auth_info.get_or_insert_default();
+        *auth = Default::default();
+        auth.token = Some(token.clone().into());
+    }
+    let path = tmp_dir().join(format!("{}-operator.kubeconfig", env.ns));
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+async fn apply_json(env: &Env, value: serde_json::Value, ns: Option<&str>) {
+    test_cluster::apply_yaml(&env.client, &value.to_string(), ns)
+        .await
+        .unwrap_or_else(|e| panic!("applying {value}: {e:#}"));
+}
+
+fn binding(kind: &str, name: &str, role_kind: &str, role: &str, ns: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+    })
+}
+
+/// Creates an autoscaled InferenceService, waits for its children and status, turns autoscaling
+/// off (the HPA is deleted) and checks the operator's health and log.
+async fn exercise(env: &Env, op: &Operator, name: &str) {
+    let auto =
+        json!({"model": {"name": "resnet50"}, "autoscaling": {"minReplicas": 2, "maxReplicas": 3}});
+    env.apply_isvc(name, auto).await;
+    env.wait_obj::<HorizontalPodAutoscaler>(name, "created", REACT, |_| true)
+        .await;
+    env.wait_obj::<PodDisruptionBudget>(name, "created", REACT, |_| true)
+        .await;
+    env.wait_isvc(name, "status written", REACT, |i| {
+        observed_current(i) && i.status.as_ref().is_some_and(|s| s.replicas == 2)
+    })
+    .await;
+    env.apply_isvc(name, json!({"model": {"name": "resnet50"}}))
+        .await;
+    env.wait_gone::<HorizontalPodAutoscaler>(name, REACT).await;
+    let events: Api<Event> = env.api();
+    env.wait("a Created event", REACT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Created")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(op.http_get("/healthz").map(|r| r.0), Some(200));
+    assert_eq!(op.http_get("/readyz").map(|r| r.0), Some(200));
+    let log = std::fs::read_to_string(&op.log).unwrap();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something: {}",
+        tail(&op.log, 40)
+    );
+}
+
+#[tokio::test]
+async fn runs_under_the_rbac_it_ships() {
+    let mut env = Env::new(cluster(), "rbac").await;
+    let ns = env.ns.clone();
+    let kubeconfig = service_account_kubeconfig(&env).await;
+    test_cluster::apply_file(
+        &env.client,
+        repo_file("rbac/leader-election-role.yaml"),
+        Some(&ns),
+    )
+    .await
+    .unwrap();
+    apply_json(
+        &env,
+        binding(
+            "RoleBinding",
+            "inference-operator-leader-election",
+            "Role",
+            rbac::LEASE_ROLE_NAME,
+            &ns,
+        ),
+        Some(&ns),
+    )
+    .await;
+
+    // Cluster-wide: the shipped ClusterRole, bound cluster-wide; every namespace watched.
+    test_cluster::apply_file(
+        &env.client,
+        repo_file("rbac/operator-clusterrole.yaml"),
+        None,
+    )
+    .await
+    .unwrap();
+    let crb = format!("inference-operator-{ns}");
+    apply_json(
+        &env,
+        binding(
+            "ClusterRoleBinding",
+            &crb,
+            "ClusterRole",
+            rbac::ROLE_NAME,
+            &ns,
+        ),
+        None,
+    )
+    .await;
+    let lease_flags = [
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-name",
+        "rbac-test",
+    ];
+    let mut op = Operator::start_as(kubeconfig.clone(), "cluster-wide", None, &lease_flags);
+    env.logs.push(op.log.clone());
+    exercise(&env, &op, "cluster-wide").await;
+    op.terminate(Duration::from_secs(10));
+
+    // Namespaced: no cluster-wide grant at all; the same rules as a Role in the namespace.
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(env.client.clone());
+    crbs.delete(&crb, &DeleteParams::default()).await.unwrap();
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = env.api();
+    roles
+        .patch(
+            rbac::ROLE_NAME,
+            &PatchParams::apply("cluster-test").force(),
+            &Patch::Apply(rbac::namespaced_role(&ns)),
+        )
+        .await
+        .unwrap();
+    apply_json(
+        &env,
+        binding(
+            "RoleBinding",
+            "inference-operator",
+            "Role",
+            rbac::ROLE_NAME,
+            &ns,
+        ),
+        Some(&ns),
+    )
+    .await;
+    let op = Operator::start_as(kubeconfig, "namespaced", Some(&ns), &lease_flags);
+    env.logs.push(op.log.clone());
+    exercise(&env, &op, "namespaced").await;
+    drop(op);
+    env.finish().await;
+}
