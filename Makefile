@@ -6,13 +6,14 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build build-cuda test weights demo bench bench-hostile bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build build-cuda test weights demo bench bench-hostile bench-operator bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
 	@echo "make test          all tests (what CI runs)"
 	@echo "make bench         forward-pass and HTTP benchmarks side by side with PyTorch/ONNX Runtime"
 	@echo "make bench-hostile memory, slow-client and tritonclient figures for the server"
+	@echo "make bench-operator the operator with 1000 InferenceServices, beside a baseline operator"
 	@echo "make crds          regenerate crds/, rbac/ and the chart's CRD copy from the Rust code"
 	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster-down  stop it and remove its state"
@@ -62,6 +63,12 @@ bench: deps .venv/.installed
 bench-hostile: build weights
 	tools/triton-venv.sh
 	$(PYTHON) tools/bench/hostile.py --weights $(WEIGHTS) --triton-python .state/venv-triton/bin/python
+
+# The operator with 1000 InferenceServices on a private control plane (no node): time to build
+# every child and status, API requests at rest (audit log), RSS, one spec change's latency; the
+# same figures for a baseline operator (BASELINE_REV) in the same run.
+bench-operator: deps
+	tools/bench/operator_scale.sh
 
 # On a machine with an NVIDIA GPU, after make build-cuda: img/s at batch 1/8/32.
 bench-gpu:

@@ -6,8 +6,15 @@
 //! change, never by comparing `renewTime` with the local wall clock, so clock skew between nodes
 //! does not matter. Timings follow client-go: lease 15s, renew deadline 10s, retry every 2s.
 //!
-//! The decision logic ([`decide`], [`next_spec`]) is pure and unit-tested; [`LeaderElector`]
-//! does the API calls.
+//! The decision logic ([`decide`], [`next_spec`], [`renew_budget`]) is pure and unit-tested;
+//! [`LeaderElector`] does the API calls.
+//!
+//! Safety against a hung API server: a renewal counts from when its request was *sent*, every
+//! attempt is bounded by what is left of the renew deadline (not a fresh timeout each), and at
+//! the deadline the holder stops at once. The renew deadline (10s) is shorter than the lease (15s)
+//! that a standby waits from when it *saw* our last write, so the old leader has stopped before a
+//! standby may take over. A 409 on our own renewal (our previous write landed late) is not a loss:
+//! the lease is read again and only another holder's name ends the term.
 
 use std::time::Duration;
 
@@ -145,6 +152,25 @@ pub fn released_spec(old: &LeaseSpec) -> LeaseSpec {
     }
 }
 
+/// What is left of the renew deadline for the next attempt, counted from the start of the last
+/// successful renewal; `None` once the deadline has passed (the lease must be given up).
+pub fn renew_budget(since_last_renew: Duration, renew_deadline: Duration) -> Option<Duration> {
+    renew_deadline
+        .checked_sub(since_last_renew)
+        .filter(|left| !left.is_zero())
+}
+
+/// The result of one attempt on the lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// We hold the lease (acquired or renewed).
+    Held,
+    /// Another replica holds it.
+    HeldBy(String),
+    /// Our write lost a race (409): the lease changed since we read it; read it again.
+    Conflict,
+}
+
 /// Acquires, renews and releases the Lease.
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -170,6 +196,11 @@ impl LeaderElector {
 
     /// One attempt: `Ok(true)` when we hold the lease afterwards.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        Ok(self.attempt().await? == Attempt::Held)
+    }
+
+    /// One attempt: read the lease, then create, renew or take it over if we may.
+    pub async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
         let current = self.api.get_opt(&self.cfg.lease_name).await?;
         let spec = current.as_ref().and_then(|l| l.spec.clone());
         let record = spec
@@ -187,10 +218,12 @@ impl LeaderElector {
         );
         let Some(new_spec) = next_spec(&decision, spec.as_ref(), &self.cfg, Timestamp::now())
         else {
-            if let Decision::Wait { holder } = decision {
-                tracing::debug!(%holder, "lease held by another replica");
-            }
-            return Ok(false);
+            let holder = match decision {
+                Decision::Wait { holder } => holder,
+                _ => String::new(),
+            };
+            tracing::debug!(%holder, "lease held by another replica");
+            return Ok(Attempt::HeldBy(holder));
         };
         let result = match current {
             None => {
@@ -217,21 +250,23 @@ impl LeaderElector {
                 if decision != Decision::Renew {
                     tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.lease_name, "acquired the leader lease");
                 }
-                Ok(true)
+                Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
             Err(e) => Err(e),
         }
     }
 
-    /// Tries until this replica leads (`true`) or a stop is requested (`false`).
-    pub async fn acquire(&mut self, stop: &mut watch::Receiver<Option<Stop>>) -> bool {
+    /// Tries until this replica leads (`Some(when the winning request was sent)`) or a stop is
+    /// requested (`None`).
+    pub async fn acquire(&mut self, stop: &mut watch::Receiver<Option<Stop>>) -> Option<Instant> {
         loop {
             if stop.borrow().is_some() {
-                return false;
+                return None;
             }
+            let started = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(true) => return true,
+                Ok(true) => return Some(started),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election: cannot read or write the lease")
@@ -244,33 +279,47 @@ impl LeaderElector {
         }
     }
 
-    /// Renews every retry period until a stop is requested (returns `Stop::Signal`) or renewal
-    /// failed for longer than the renew deadline (sends and returns `Stop::LostLease`).
-    pub async fn hold(&mut self, stop_tx: &watch::Sender<Option<Stop>>) -> Stop {
+    /// Renews every retry period until a stop is requested (returns `Stop::Signal`), another
+    /// replica holds the lease, or the renew deadline passes without a renewal (both send and
+    /// return `Stop::LostLease`). `acquired_at` is when the acquiring request was sent.
+    pub async fn hold(
+        &mut self,
+        stop_tx: &watch::Sender<Option<Stop>>,
+        acquired_at: Instant,
+    ) -> Stop {
         let mut stop = stop_tx.subscribe();
-        let mut last_renew = Instant::now();
+        let mut last_renew = acquired_at;
+        let lost = |why: &str| {
+            tracing::error!(reason = why, "lost the leader lease");
+            stop_tx.send_replace(Some(Stop::LostLease));
+            Stop::LostLease
+        };
+        let mut wait = self.cfg.retry_period;
         loop {
             if let Some(s) = *stop.borrow() {
                 return s;
             }
+            let Some(left) = renew_budget(last_renew.elapsed(), self.cfg.renew_deadline) else {
+                return lost("no renewal within the renew deadline");
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.retry_period) => {}
+                _ = tokio::time::sleep(wait.min(left)) => {}
                 _ = stop.changed() => continue,
             }
-            match tokio::time::timeout(self.cfg.renew_deadline, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => last_renew = Instant::now(),
-                Ok(Ok(false)) => {
-                    tracing::error!("another replica took the leader lease");
-                    stop_tx.send_replace(Some(Stop::LostLease));
-                    return Stop::LostLease;
+            let Some(left) = renew_budget(last_renew.elapsed(), self.cfg.renew_deadline) else {
+                return lost("no renewal within the renew deadline");
+            };
+            let started = Instant::now();
+            wait = self.cfg.retry_period;
+            match tokio::time::timeout(left, self.attempt()).await {
+                Ok(Ok(Attempt::Held)) => last_renew = started,
+                Ok(Ok(Attempt::HeldBy(holder))) => {
+                    return lost(&format!("{holder} holds the lease"));
                 }
+                // Our previous write may have landed late: read again at once.
+                Ok(Ok(Attempt::Conflict)) => wait = Duration::ZERO,
                 Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader lease failed"),
                 Err(_) => tracing::warn!("renewing the leader lease timed out"),
-            }
-            if last_renew.elapsed() > self.cfg.renew_deadline {
-                tracing::error!("could not renew the leader lease within the renew deadline");
-                stop_tx.send_replace(Some(Stop::LostLease));
-                return Stop::LostLease;
             }
         }
     }
@@ -415,6 +464,23 @@ mod tests {
             decide(Some(&released), "other", Duration::ZERO, D),
             Decision::TakeOver
         );
+    }
+
+    #[test]
+    fn the_renew_budget_shrinks_to_the_deadline() {
+        let deadline = Duration::from_secs(10);
+        // Right after a renewal: the whole deadline; later, only what is left of it.
+        assert_eq!(renew_budget(Duration::ZERO, deadline), Some(deadline));
+        assert_eq!(
+            renew_budget(Duration::from_secs(8), deadline),
+            Some(Duration::from_secs(2))
+        );
+        // At or past the deadline: give the lease up (no fresh timeout for another attempt).
+        assert_eq!(renew_budget(deadline, deadline), None);
+        assert_eq!(renew_budget(Duration::from_secs(30), deadline), None);
+        // The holder stops before a standby may take over.
+        let cfg = LeaderConfig::new("l", "ns", "me");
+        assert!(cfg.renew_deadline < cfg.lease_duration);
     }
 
     #[test]

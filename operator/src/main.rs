@@ -252,14 +252,25 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         let cfg = LeaderConfig::new(&args.lease_name, &ns, &identity);
         let mut elector = LeaderElector::new(Api::namespaced(client.clone(), &ns), cfg);
         tracing::info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
-        if !elector.acquire(&mut stop_rx.clone()).await {
+        let Some(acquired_at) = elector.acquire(&mut stop_rx.clone()).await else {
             let _ = http_task.await;
             return Ok(ExitCode::SUCCESS);
-        }
+        };
         metrics.set_leader(true);
         let tx = stop_tx.clone();
+        // A lost lease ends the process at once, without waiting for in-flight reconciles: a
+        // standby may lead as soon as the lease expires, and no write of ours may follow.
+        let mut lost = stop_rx.clone();
+        tokio::spawn(async move {
+            if lost.wait_for(|s| *s == Some(Stop::LostLease)).await.is_ok() {
+                tracing::error!(
+                    "lost the leader lease: exiting now so that a fresh process can rejoin the election"
+                );
+                std::process::exit(1);
+            }
+        });
         Some(tokio::spawn(async move {
-            let why = elector.hold(&tx).await;
+            let why = elector.hold(&tx, acquired_at).await;
             (elector, why)
         }))
     } else {

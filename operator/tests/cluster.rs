@@ -1120,6 +1120,109 @@ async fn leader_election_hands_over_to_the_standby() {
     env.finish().await;
 }
 
+/// A leader cut off from a hung API server stops (exits non-zero) within the renew deadline,
+/// counted from its last renewal, before a standby may take the lease over (the lease duration,
+/// counted from when the standby saw that renewal): never two leaders at once.
+#[tokio::test]
+async fn a_leader_cut_off_from_a_hung_api_server_stops_before_the_standby_leads() {
+    let mut env = Env::new(cluster(), "hung").await;
+    let proxy = StallingProxy::start(api_server_addr(&env.cluster.kubeconfig())).await;
+    let via_proxy = proxy.kubeconfig(
+        &env.cluster.kubeconfig(),
+        &tmp_dir().join(format!("{}-proxy.kubeconfig", env.ns)),
+    );
+    let flags = |id: &'static str| {
+        [
+            "--leader-election",
+            "true",
+            "--lease-name",
+            "hung-lease",
+            "--lease-namespace",
+            env.ns.as_str(),
+            "--identity",
+            id,
+        ]
+        .map(String::from)
+    };
+    fn args(f: &[String; 8]) -> Vec<&str> {
+        f.iter().map(String::as_str).collect()
+    }
+    // The leader talks through the proxy; it is started first and takes the lease.
+    let fa = flags("alpha");
+    let mut leader = Operator::start_as(via_proxy, "alpha", Some(&env.ns), &args(&fa));
+    env.logs.push(leader.log.clone());
+    let leases: Api<Lease> = env.api();
+    let holder = || async {
+        leases
+            .get_opt("hung-lease")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    };
+    let first = env.wait("alpha holding the lease", REACT, holder).await;
+    assert!(first.starts_with("alpha_"), "{first}");
+    let fb = flags("bravo");
+    let standby = Operator::start_as(env.cluster.kubeconfig(), "bravo", Some(&env.ns), &args(&fb));
+    env.logs.push(standby.log.clone());
+    env.wait("the standby ready", REACT, || async {
+        (standby.http_get("/readyz")?.0 == 200).then_some(())
+    })
+    .await;
+
+    // Hang the leader's API server right after a renewal (renewTime moved).
+    let renew_time = || async { leases.get_opt("hung-lease").await.ok()??.spec?.renew_time };
+    let before = renew_time().await;
+    env.wait("a renewal", REACT, || async {
+        renew_time().await.filter(|t| Some(t) != before.as_ref())
+    })
+    .await;
+    let t0 = Instant::now();
+    proxy.stall(true);
+
+    let mut leader_exit = None;
+    let mut standby_leads = None;
+    while t0.elapsed() < Duration::from_secs(40)
+        && (leader_exit.is_none() || standby_leads.is_none())
+    {
+        if leader_exit.is_none() && !leader.is_running() {
+            leader_exit = Some(t0.elapsed());
+        }
+        if standby_leads.is_none() && holder().await.is_some_and(|h| h.starts_with("bravo_")) {
+            standby_leads = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.stall(false);
+    let exit = leader_exit.expect("the cut-off leader never stopped");
+    let lead = standby_leads.expect("the standby never took the lease");
+    eprintln!(
+        "API hung at 0 s: the old leader exited at {:.1} s, the standby led at {:.1} s",
+        exit.as_secs_f32(),
+        lead.as_secs_f32()
+    );
+    assert!(
+        exit < lead,
+        "two leaders at once: exit {exit:?}, standby {lead:?}"
+    );
+    assert!(
+        exit <= Duration::from_secs(11),
+        "renew deadline 10 s: {exit:?}"
+    );
+    let status = leader.exited().expect("exited");
+    assert!(!status.success(), "a lost lease exits non-zero: {status}");
+    assert!(leader.log_contains("lost the leader lease"));
+    // The new leader works.
+    env.apply_isvc("after", json!({"model": {"name": "resnet50"}}))
+        .await;
+    env.wait_isvc("after", "reconciled by the new leader", REACT, |i| {
+        settled_without_node(i, 1)
+    })
+    .await;
+    env.finish().await;
+}
+
 /// Problems the operator reports in the status instead of failing silently: a child name taken
 /// by an object it does not control, a spec the schema admits but the operator cannot build,
 /// and an apply the API server rejects. Each recovers once the cause is gone.

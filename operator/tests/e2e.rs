@@ -30,6 +30,7 @@ fn node_cluster() -> &'static Cluster {
     Cluster::shared(|| Options {
         local_node: Some(LocalNode::new()),
         state_root: Some(tmp_dir()),
+        ..Default::default()
     })
 }
 

@@ -9,75 +9,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use inference_operator::rbac;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 const REACT: Duration = Duration::from_secs(30);
-
-/// A kubeconfig for the ServiceAccount `operator` of `ns`: the cluster's server and CA, a
-/// bound token instead of the admin's client certificate.
-async fn service_account_kubeconfig(env: &Env) -> PathBuf {
-    let sas: Api<ServiceAccount> = env.api();
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap();
-    sas.create(&PostParams::default(), &sa).await.unwrap();
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = sas
-        .create_token_request("operator", &PostParams::default(), &tr)
-        .await
-        .expect("a token for the ServiceAccount")
-        .status
-        .expect("token status")
-        .token;
-    let mut kc = Kubeconfig::read_from(env.cluster.kubeconfig()).unwrap();
-    for user in &mut kc.auth_infos {
-        let auth = user.auth_info.get_or_insert_default();
-        *auth = Default::default();
-        auth.token = Some(token.clone().into());
-    }
-    let path = tmp_dir().join(format!("{}-operator.kubeconfig", env.ns));
-    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
-    path
-}
-
-fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(rel)
-}
-
-async fn apply_json(env: &Env, value: serde_json::Value, ns: Option<&str>) {
-    test_cluster::apply_yaml(&env.client, &value.to_string(), ns)
-        .await
-        .unwrap_or_else(|e| panic!("applying {value}: {e:#}"));
-}
-
-fn binding(kind: &str, name: &str, role_kind: &str, role: &str, ns: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
-    })
-}
 
 /// Creates an autoscaled InferenceService, waits for its children and status, turns autoscaling
 /// off (the HPA is deleted) and checks the operator's health and log.

@@ -125,13 +125,15 @@ pub struct Options {
     pub local_node: Option<LocalNode>,
     /// Parent of the state dir; default `$CARGO_TARGET_TMPDIR` if set, else the temp dir.
     pub state_root: Option<PathBuf>,
+    /// Extra kube-apiserver flags (e.g. an audit log for a benchmark).
+    pub apiserver_args: Vec<String>,
 }
 
 impl Options {
     pub fn with_local_node() -> Self {
         Self {
             local_node: Some(LocalNode::new()),
-            state_root: None,
+            ..Default::default()
         }
     }
 }
@@ -216,6 +218,10 @@ impl Cluster {
                 ("CLUSTER_ETCD_PEER_PORT".into(), free_port().to_string()),
                 ("CLUSTER_APISERVER_PORT".into(), free_port().to_string()),
                 ("CLUSTER_KCM_PORT".into(), free_port().to_string()),
+                (
+                    "CLUSTER_APISERVER_EXTRA_ARGS".into(),
+                    opts.apiserver_args.join(" "),
+                ),
             ];
             if let Some(n) = &opts.local_node {
                 env.push((

@@ -16,6 +16,7 @@ pub fn options() -> Options {
     Options {
         local_node: Some(LocalNode::with_bin(env!("CARGO_BIN_EXE_local-node"))),
         state_root: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR"))),
+        ..Default::default()
     }
 }
 

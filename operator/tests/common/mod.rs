@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,7 @@ pub fn cluster() -> &'static Cluster {
     Cluster::shared(|| Options {
         local_node: None,
         state_root: Some(tmp_dir()),
+        ..Default::default()
     })
 }
 
@@ -417,6 +418,17 @@ impl Operator {
         namespace: Option<&str>,
         extra: &[&str],
     ) -> Operator {
+        Self::start_bin(None, kubeconfig, tag, namespace, extra)
+    }
+
+    /// [`Operator::start_as`] with another operator binary (`None`: this crate's).
+    pub fn start_bin(
+        bin: Option<PathBuf>,
+        kubeconfig: PathBuf,
+        tag: &str,
+        namespace: Option<&str>,
+        extra: &[&str],
+    ) -> Operator {
         let listen = format!("127.0.0.1:{}", free_port());
         let log = tmp_dir().join(format!(
             "operator-{}-{tag}-{}.log",
@@ -427,7 +439,9 @@ impl Operator {
                 .as_millis()
         ));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inference-operator"));
+        let mut cmd = Command::new(
+            bin.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_inference-operator"))),
+        );
         if let Some(ns) = namespace {
             cmd.args(["--namespace", ns]);
         }
@@ -489,6 +503,11 @@ impl Operator {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for the operator")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -695,4 +714,157 @@ pub fn rs_image(r: &ReplicaSet) -> String {
         .and_then(|t| t.spec.as_ref())
         .and_then(|p| p.containers[0].image.clone())
         .unwrap_or_default()
+}
+
+// ---- Running the operator as a ServiceAccount ---------------------------------------------
+
+/// A kubeconfig for the ServiceAccount `operator` of `ns`: the cluster's server and CA, a
+/// bound token instead of the admin's client certificate.
+pub async fn service_account_kubeconfig(env: &Env) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = env.api();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request("operator", &PostParams::default(), &tr)
+        .await
+        .expect("a token for the ServiceAccount")
+        .status
+        .expect("token status")
+        .token;
+    let mut kc = kube::config::Kubeconfig::read_from(env.cluster.kubeconfig()).unwrap();
+    for user in &mut kc.auth_infos {
+        let auth = user.auth_info.get_or_insert_default();
+        *auth = Default::default();
+        auth.token = Some(token.clone().into());
+    }
+    let path = tmp_dir().join(format!("{}-operator.kubeconfig", env.ns));
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+pub async fn apply_json(env: &Env, value: serde_json::Value, ns: Option<&str>) {
+    test_cluster::apply_yaml(&env.client, &value.to_string(), ns)
+        .await
+        .unwrap_or_else(|e| panic!("applying {value}: {e:#}"));
+}
+
+pub fn binding(kind: &str, name: &str, role_kind: &str, role: &str, ns: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+    })
+}
+
+// ---- An API server that hangs ----------------------------------------------------------------
+
+/// A TCP proxy to the API server that can be made to hang: while stalled it forwards nothing in
+/// either direction and accepts connections without serving them, as a partitioned or overloaded
+/// API server looks to a client (TLS passes through untouched).
+pub struct StallingProxy {
+    pub addr: std::net::SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> StallingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stalled.clone();
+        async fn hold(flag: &std::sync::atomic::AtomicBool) {
+            while flag.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    hold(&flag).await;
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let f2 = flag.clone();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            hold(&flag).await;
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            hold(&f2).await;
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        StallingProxy { addr, stalled }
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A copy of `kubeconfig` whose server is this proxy.
+    pub fn kubeconfig(&self, kubeconfig: &Path, out: &Path) -> PathBuf {
+        let mut kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        for c in &mut kc.clusters {
+            if let Some(cluster) = c.cluster.as_mut() {
+                cluster.server = Some(format!("https://{}", self.addr));
+            }
+        }
+        std::fs::write(out, serde_json::to_string(&kc).unwrap()).unwrap();
+        out.to_path_buf()
+    }
+}
+
+/// The API server's address from a kubeconfig.
+pub fn api_server_addr(kubeconfig: &Path) -> std::net::SocketAddr {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let server = kc.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .server
+        .clone()
+        .unwrap();
+    let hostport = server.trim_start_matches("https://").trim_end_matches('/');
+    hostport.parse().unwrap_or_else(|e| panic!("{server}: {e}"))
 }
