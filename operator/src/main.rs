@@ -68,7 +68,7 @@ struct Args {
     identity: Option<String>,
 
     /// InferenceServices reconciled at the same time.
-    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
 
     /// Image prefixes that `spec.image` must start with, comma-separated (e.g.

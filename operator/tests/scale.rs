@@ -131,13 +131,11 @@ async fn measure(label: &str, bin: Option<PathBuf>, n: usize) -> Figures {
     )
     .await;
     let user = format!("system:serviceaccount:{ns}:operator");
-    let op = Operator::start_bin(
-        bin,
-        kubeconfig,
-        label,
-        Some(&ns),
-        &["--leader-election", "false"],
-    );
+    // SCALE_OPERATOR_ARGS: extra flags for both operators (e.g. `--concurrency 16`).
+    let extra = std::env::var("SCALE_OPERATOR_ARGS").unwrap_or_default();
+    let mut flags = vec!["--leader-election", "false"];
+    flags.extend(extra.split_whitespace());
+    let op = Operator::start_bin(bin, kubeconfig, label, Some(&ns), &flags);
     env.logs.push(op.log.clone());
     env.wait("the operator ready", Duration::from_secs(60), || async {
         (op.http_get("/readyz")?.0 == 200).then_some(())

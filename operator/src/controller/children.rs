@@ -1,13 +1,16 @@
 //! The children as the operator last saw them (reflector stores fed by watches), and the two
 //! writes it makes to them: apply what differs, delete what is no longer wanted.
 //!
-//! Reads never go to the API server: each reconcile looks objects up in the stores, which hold
-//! every child the operator manages (label `app.kubernetes.io/managed-by`) with `managedFields`
-//! stripped. An apply is sent only when the desired object is not already contained in the
-//! stored one (see [`contains`]), so a reconcile of an object at rest makes no request at all.
+//! Reads never go to the API server once the stores are synced: each reconcile looks objects up
+//! in the stores, which hold every Deployment, Service, HPA and PDB of the watched namespaces (not
+//! only ours: a same-named object the operator does not control must be found before an apply
+//! takes it over) and the server pods (by label), all with `managedFields` stripped. An apply is
+//! sent only when the desired object is not already contained in the stored one (see
+//! [`contains`]), so a reconcile of an object at rest makes no request at all.
 
 use std::fmt::Debug;
 
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -30,6 +33,15 @@ pub struct Stores {
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub pods: Store<Pod>,
+}
+
+/// Whether a store has completed its first list: only then does "not in the store" mean "does
+/// not exist".
+pub fn synced<K>(store: &Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.wait_until_ready().now_or_never().is_some()
 }
 
 /// One child kind: its store and how to name it in messages.
@@ -61,6 +73,13 @@ child!(HorizontalPodAutoscaler, hpas);
 child!(PodDisruptionBudget, pdbs);
 
 impl Stores {
+    /// The stored object of this kind with the InferenceService's child name: `Some(None)`
+    /// when the store is synced and holds none, `None` when the store cannot tell yet.
+    pub fn lookup<K: Child>(&self, isvc: &InferenceService) -> Option<Option<K>> {
+        let found = self.get::<K>(isvc);
+        (found.is_some() || synced(K::store(self))).then_some(found)
+    }
+
     /// The stored object of this kind with the InferenceService's child name.
     pub fn get<K: Child>(&self, isvc: &InferenceService) -> Option<K> {
         let key = ObjectRef::new(&builders::child_name(isvc))

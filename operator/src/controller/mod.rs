@@ -253,12 +253,12 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
-/// The child of kind `K` with our name: from the store, else (first sight: a new object, or one
-/// that lacks our labels and so is not watched) from the API server, so that a child we do not
-/// control is found before an apply would take it over.
+/// The child of kind `K` with our name: from the store, else (the store has not finished its
+/// first list) from the API server, so that a child we do not control is found before an apply
+/// would take it over.
 async fn observe<K: Child>(ctx: &Context, isvc: &InferenceService) -> Result<Option<K>, Error> {
-    if let Some(obj) = ctx.stores.get::<K>(isvc) {
-        return Ok(Some(obj));
+    if let Some(found) = ctx.stores.lookup::<K>(isvc) {
+        return Ok(found);
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &isvc.namespace().unwrap_or_default());
     api.get_opt(&builders::child_name(isvc))
@@ -305,10 +305,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     let dep: Option<Deployment> = observe(ctx, isvc).await?;
     let svc: Option<Service> = observe(ctx, isvc).await?;
     let pdb: Option<PodDisruptionBudget> = observe(ctx, isvc).await?;
-    let hpa: Option<HorizontalPodAutoscaler> = match &wanted_hpa {
-        Some(_) => observe(ctx, isvc).await?,
-        None => ctx.stores.get(isvc),
-    };
+    let hpa: Option<HorizontalPodAutoscaler> = observe(ctx, isvc).await?;
     let pods = status::pod_health(&ctx.stores.pods_of(isvc));
     let controlled_dep = dep
         .clone()
@@ -628,8 +625,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = &opts.namespace;
-    // Every child and server pod carries this label (the pods through the pod template).
-    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    // Children: every object of the kind, so that a foreign one of our name is seen (see
+    // `children`). Pods, by far the most numerous: only ours (the pod template's label).
+    let children = watcher::Config::default().any_semantic();
+    let our_pods = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let (deployments, dep_w) = reflector::store();
     let (services, svc_w) = reflector::store();
     let (hpas, hpa_w) = reflector::store();
@@ -690,31 +689,31 @@ pub async fn run(
     Controller::for_stream(main, isvcs)
         .owns_stream(watch(
             api::<Deployment>(&client, ns),
-            owned.clone(),
+            children.clone(),
             dep_w,
             health.clone(),
         ))
         .owns_stream(watch(
             api::<Service>(&client, ns),
-            owned.clone(),
+            children.clone(),
             svc_w,
             health.clone(),
         ))
         .owns_stream(watch(
             api::<HorizontalPodAutoscaler>(&client, ns),
-            owned.clone(),
+            children.clone(),
             hpa_w,
             health.clone(),
         ))
         .owns_stream(watch(
             api::<PodDisruptionBudget>(&client, ns),
-            owned.clone(),
+            children,
             pdb_w,
             health.clone(),
         ))
         // Pods belong to ReplicaSets; they name their InferenceService in the selector label.
         .watches_stream(
-            watch(api::<Pod>(&client, ns), owned, pod_w, health.clone()),
+            watch(api::<Pod>(&client, ns), our_pods, pod_w, health.clone()),
             |pod: Pod| {
                 let ns = pod.namespace();
                 pod.labels()
