@@ -99,7 +99,7 @@ fn rss_mib(pid: i32) -> (f64, f64) {
 }
 
 struct Figures {
-    create_all_s: f64,
+    create_all: String,
     rest_requests_per_s: f64,
     rest_requests: usize,
     rss_mib: f64,
@@ -162,32 +162,34 @@ async fn measure(label: &str, bin: Option<PathBuf>, n: usize) -> Figures {
     let created_s = t0.elapsed().as_secs_f64();
     let isvcs = env.isvcs();
     let deployments: Api<Deployment> = env.api();
-    env.wait(
-        "every object with its children and a status",
-        Duration::from_secs(600),
-        || async {
-            let list = isvcs.list(&ListParams::default()).await.ok()?;
-            let done = list.items.iter().filter(|i| observed_current(i)).count();
-            let deps = deployments
-                .list_metadata(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .len();
-            (done == n && deps == n).then_some(())
-        },
-    )
-    .await;
+    // Polled here, not with env.wait: a baseline that never gets there is a figure, not a panic.
+    let limit = Duration::from_secs(600);
+    let mut done = 0;
+    while t0.elapsed() < limit {
+        if let (Ok(list), Ok(deps)) = (
+            isvcs.list(&ListParams::default()).await,
+            deployments.list_metadata(&ListParams::default()).await,
+        ) {
+            done = list.items.iter().filter(|i| observed_current(i)).count();
+            if done == n && deps.items.len() == n {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let create_all_s = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "[{label}] {n} created in {created_s:.1}s; all reconciled with status in {create_all_s:.1}s"
-    );
+    let create_all = if done == n {
+        format!("{create_all_s:.1} s")
+    } else {
+        format!("> {} s ({done} of {n})", limit.as_secs())
+    };
+    eprintln!("[{label}] {n} created in {created_s:.1}s; all reconciled with status: {create_all}");
 
     // At rest: once the Deployment controller has made every pod (each pod changes the status
     // the operator reports) and a little after, count the operator's requests.
     env.wait(
         "every Deployment with its pod",
-        Duration::from_secs(600),
+        Duration::from_secs(900),
         || async {
             let list = deployments.list(&ListParams::default()).await.ok()?;
             list.items
@@ -263,7 +265,7 @@ async fn measure(label: &str, bin: Option<PathBuf>, n: usize) -> Figures {
         .await;
     env.finish().await;
     Figures {
-        create_all_s,
+        create_all,
         rest_requests_per_s: rest_requests as f64 / rest.as_secs_f64(),
         rest_requests,
         rss_mib: rss,
@@ -292,8 +294,8 @@ async fn operator_at_scale() {
         let mut c = f.change_ms.clone();
         c.sort_by(f64::total_cmp);
         println!(
-            "| {label} | {:.1} s | {:.2}/s ({} in 60 s) | {:.0} MiB ({:.0}) | {:.0} ms, {:.0} ms |",
-            f.create_all_s,
+            "| {label} | {} | {:.2}/s ({} in 60 s) | {:.0} MiB ({:.0}) | {:.0} ms, {:.0} ms |",
+            f.create_all,
             f.rest_requests_per_s,
             f.rest_requests,
             f.rss_mib,
