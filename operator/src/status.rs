@@ -817,7 +817,7 @@ mod tests {
         assert_eq!(h.unschedulable[0].pod, "p2");
 
         let isvc = fixture("minimal.yaml");
-        let d = Dep {
+        let none_available = Dep {
             desired: 1,
             replicas: 1,
             ready: 0,
@@ -826,7 +826,7 @@ mod tests {
             ..Dep::steady(1)
         }
         .build();
-        let s = run(&isvc, Some(&d), h, None, t(0));
+        let s = run(&isvc, Some(&none_available), h, None, t(0));
         assert_eq!(cond(&s, READY).reason, "ImagePullBackOff");
 
         // Unschedulable alone is not Degraded (the cluster may be scaling up); one pod serves, and
@@ -855,16 +855,13 @@ mod tests {
                 .contains("Insufficient nvidia.com/gpu")
         );
         // Nothing scheduled at all: Ready is false and says why.
-        let d = Dep {
-            desired: 1,
-            replicas: 1,
-            ready: 0,
-            updated: 1,
-            available: 0,
-            ..Dep::steady(1)
-        }
-        .build();
-        let s = run(&isvc, Some(&d), pod_health(&[pending]), None, t(0));
+        let s = run(
+            &isvc,
+            Some(&none_available),
+            pod_health(&[pending]),
+            None,
+            t(0),
+        );
         assert_eq!(cond(&s, READY).reason, "Unschedulable");
     }
 

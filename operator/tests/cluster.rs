@@ -1045,15 +1045,7 @@ async fn leader_election_hands_over_to_the_standby() {
     env.logs.push(a.log.clone());
     env.logs.push(b.log.clone());
     let leases: Api<Lease> = env.api();
-    let holder = || async {
-        leases
-            .get_opt("op-lease")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&leases, "op-lease");
     let first = env.wait("a lease holder", REACT, holder).await;
     let (leader, standby, standby_id) = if first.starts_with("alpha_") {
         (&mut a, &mut b, "bravo_")
@@ -1152,15 +1144,7 @@ async fn a_leader_cut_off_from_a_hung_api_server_stops_before_the_standby_leads(
     let mut leader = Operator::start_as(via_proxy, "alpha", Some(&env.ns), &args(&fa));
     env.logs.push(leader.log.clone());
     let leases: Api<Lease> = env.api();
-    let holder = || async {
-        leases
-            .get_opt("hung-lease")
-            .await
-            .ok()??
-            .spec?
-            .holder_identity
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&leases, "hung-lease");
     let first = env.wait("alpha holding the lease", REACT, holder).await;
     assert!(first.starts_with("alpha_"), "{first}");
     let fb = flags("bravo");

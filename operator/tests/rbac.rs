@@ -86,26 +86,8 @@ async fn runs_under_the_rbac_it_ships() {
     .await;
 
     // Cluster-wide: the shipped ClusterRole, bound cluster-wide; every namespace watched.
-    test_cluster::apply_file(
-        &env.client,
-        repo_file("rbac/operator-clusterrole.yaml"),
-        None,
-    )
-    .await
-    .unwrap();
     let crb = format!("inference-operator-{ns}");
-    apply_json(
-        &env,
-        binding(
-            "ClusterRoleBinding",
-            &crb,
-            "ClusterRole",
-            rbac::ROLE_NAME,
-            &ns,
-        ),
-        None,
-    )
-    .await;
+    grant_cluster_wide(&env, &crb).await;
     let lease_flags = [
         "--lease-namespace",
         ns.as_str(),

@@ -111,25 +111,7 @@ async fn measure(label: &str, bin: Option<PathBuf>, n: usize) -> Figures {
     let mut env = Env::new(audited_cluster(), "scale").await;
     let ns = env.ns.clone();
     let kubeconfig = service_account_kubeconfig(&env).await;
-    test_cluster::apply_file(
-        &env.client,
-        repo_file("rbac/operator-clusterrole.yaml"),
-        None,
-    )
-    .await
-    .unwrap();
-    apply_json(
-        &env,
-        binding(
-            "ClusterRoleBinding",
-            &format!("scale-{ns}"),
-            "ClusterRole",
-            inference_operator::rbac::ROLE_NAME,
-            &ns,
-        ),
-        None,
-    )
-    .await;
+    grant_cluster_wide(&env, &format!("scale-{ns}")).await;
     let user = format!("system:serviceaccount:{ns}:operator");
     // SCALE_OPERATOR_ARGS: extra flags for both operators (e.g. `--concurrency 16`).
     let extra = std::env::var("SCALE_OPERATOR_ARGS").unwrap_or_default();

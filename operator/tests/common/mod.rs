@@ -765,6 +765,44 @@ pub async fn apply_json(env: &Env, value: serde_json::Value, ns: Option<&str>) {
         .unwrap_or_else(|e| panic!("applying {value}: {e:#}"));
 }
 
+/// Binds the shipped operator ClusterRole (`rbac/operator-clusterrole.yaml`) cluster-wide to the
+/// ServiceAccount `operator` of this test's namespace, as ClusterRoleBinding `name`.
+pub async fn grant_cluster_wide(env: &Env, name: &str) {
+    test_cluster::apply_file(
+        &env.client,
+        repo_file("rbac/operator-clusterrole.yaml"),
+        None,
+    )
+    .await
+    .unwrap();
+    apply_json(
+        env,
+        binding(
+            "ClusterRoleBinding",
+            name,
+            "ClusterRole",
+            inference_operator::rbac::ROLE_NAME,
+            &env.ns,
+        ),
+        None,
+    )
+    .await;
+}
+
+/// The holder of Lease `name`, if it has one.
+pub async fn lease_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: &str,
+) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
 pub fn binding(kind: &str, name: &str, role_kind: &str, role: &str, ns: &str) -> serde_json::Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
@@ -784,18 +822,38 @@ pub struct StallingProxy {
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Waits while the proxy is stalled.
+async fn hold(flag: &std::sync::atomic::AtomicBool) {
+    while flag.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Copies `from` to `to` until either side closes, holding each chunk while stalled.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        hold(&flag).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
 impl StallingProxy {
     pub async fn start(upstream: std::net::SocketAddr) -> StallingProxy {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stalled.clone();
-        async fn hold(flag: &std::sync::atomic::AtomicBool) {
-            while flag.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let flag = flag.clone();
@@ -804,34 +862,9 @@ impl StallingProxy {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let f2 = flag.clone();
-                    let up = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        while let Ok(n) = cr.read(&mut buf).await {
-                            if n == 0 {
-                                break;
-                            }
-                            hold(&flag).await;
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let down = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        while let Ok(n) = sr.read(&mut buf).await {
-                            if n == 0 {
-                                break;
-                            }
-                            hold(&f2).await;
-                            if cw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::join!(up, down);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pipe(cr, sw, flag.clone()), pipe(sr, cw, flag));
                 });
             }
         });
