@@ -22,7 +22,8 @@
 #   CLUSTER_ETCD_PEER_PORT     23800   etcd peer port (127.0.0.1)
 #   CLUSTER_APISERVER_PORT     16443   kube-apiserver secure port (127.0.0.1)
 #   CLUSTER_KCM_PORT           20257   kube-controller-manager secure (healthz) port (127.0.0.1)
-#   CLUSTER_SERVICE_CIDR       10.96.0.0/16  (never routed; ClusterIPs are bookkeeping only)
+#   CLUSTER_SERVICE_CIDR       198.19.0.0/20  (never routed; ClusterIPs are bookkeeping only; the
+#                                             address plan keeps pods in 198.18.0.0/16)
 #   CLUSTER_WATCH_CACHE        true    kube-apiserver --watch-cache
 #   CLUSTER_KCM_CONTROLLERS    see KCM_CONTROLLERS_DEFAULT below
 #   CLUSTER_APISERVER_EXTRA_ARGS, CLUSTER_KCM_EXTRA_ARGS  appended flags (word-split)
@@ -48,7 +49,7 @@ ETCD_PORT=${CLUSTER_ETCD_PORT:-23790}
 ETCD_PEER_PORT=${CLUSTER_ETCD_PEER_PORT:-23800}
 API_PORT=${CLUSTER_APISERVER_PORT:-16443}
 KCM_PORT=${CLUSTER_KCM_PORT:-20257}
-SERVICE_CIDR=${CLUSTER_SERVICE_CIDR:-10.96.0.0/16}
+SERVICE_CIDR=${CLUSTER_SERVICE_CIDR:-198.19.0.0/20}
 WATCH_CACHE=${CLUSTER_WATCH_CACHE:-true}
 START_TIMEOUT=${CLUSTER_START_TIMEOUT:-180}
 STOP_TIMEOUT=${CLUSTER_STOP_TIMEOUT:-15}
@@ -218,6 +219,12 @@ cmd_up() {
     local running=0
     for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null && running=1; done
     (( running )) && die "the running cluster was started with other settings ($(cat "$S/run/settings")); run '$0 down' first"
+    # The Service range is baked into the serving certificate and the objects in etcd.
+    if [[ "$(grep -o 'cidr=[^ ]*' "$S/run/settings")" != "cidr=$SERVICE_CIDR" ]]; then
+      log "the Service range changed: starting from fresh certificates and etcd data"
+      rm -rf "$S/pki" "$S/etcd"
+      mkdir -p "$S/etcd"
+    fi
   fi
   mv -f "$S/run/settings.new" "$S/run/settings"
   gen_certs

@@ -200,15 +200,16 @@ impl Cluster {
                 std::process::id(),
                 id & 0xffff_ffff
             ));
-            // A /24 of 198.18.0.0/15 that no other cluster (nor the default 198.18.100) is likely
-            // to use. local-node puts it in a network namespace of its own (veth, host side
-            // <prefix>.1/24; needs root) and refuses a /24 in use on this machine ("already in
-            // use": retried below with another one).
-            let n = match 1 + (id % 511) as u32 {
+            // A /24 of the pod range 198.18.0.0/16 (198.19.0.0/20 holds the Service ClusterIPs)
+            // that no other cluster (nor the default 198.18.100) is likely to use. local-node puts
+            // it in a network namespace of its own (veth, host side <prefix>.1/24; needs root) and
+            // refuses a /24 in use on this machine ("already in use": retried below with another
+            // one).
+            let n = match 1 + (id % 254) as u32 {
                 100 => 101,
                 n => n,
             };
-            let ip_prefix = format!("198.{}.{}", 18 + n / 256, n % 256);
+            let ip_prefix = format!("198.18.{n}");
             let mut env = vec![
                 (
                     "CLUSTER_STATE_DIR".to_string(),

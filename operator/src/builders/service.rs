@@ -113,7 +113,7 @@ mod tests {
         );
         assert_eq!(
             spec.load_balancer_source_ranges.unwrap(),
-            vec!["10.0.0.0/8".to_string()]
+            vec!["198.18.0.0/15".to_string()]
         );
         let port = &spec.ports.as_ref().unwrap()[0];
         assert_eq!((port.port, port.node_port), (8000, Some(30080)));
