@@ -32,6 +32,25 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Ask a running server whether it is healthy: exit 0 on a 2xx answer, 1 otherwise (with
+    /// the reason on stderr). For container health checks (Docker `HEALTHCHECK`, ECS) in images
+    /// that have no curl.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// `/health` (alive: restart when it fails) or `/ready` (serving: route traffic).
+    #[arg(long, default_value = "/health")]
+    pub path: String,
+    /// The server's port (the same `PORT` variable the server reads).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The whole check must answer within this.
+    #[arg(long, default_value_t = 3.0, value_parser = positive_seconds)]
+    pub timeout_seconds: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]

@@ -2,7 +2,7 @@
 //! app (same `/predict` API), plus the Open Inference Protocol v2.
 //!
 //! Dependencies point one way: [`http`] → [`engine`] → [`model`]. [`preprocess`] (bytes →
-//! tensor), [`metrics`] and [`config`] stand alone; a test (`tests/layout.rs`) keeps the module
+//! tensor), [`metrics`], [`config`] and [`probe`] (the container health check) stand alone; a test (`tests/layout.rs`) keeps the module
 //! graph free of cycles.
 
 pub mod config;
@@ -11,3 +11,4 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod probe;

@@ -1,9 +1,10 @@
 use clap::Parser;
 use inference_server::config::num_cpus;
-use inference_server::config::{Cli, Command, LogFormat, ServeArgs};
+use inference_server::config::{Cli, Command, LogFormat, ProbeArgs, ServeArgs};
 use inference_server::http::server;
 use inference_server::model::cpu::isa::Isa;
 use inference_server::model::weights;
+use inference_server::probe;
 
 fn init_logging(format: LogFormat) {
     let filter =
@@ -42,6 +43,23 @@ fn rayon_pool(threads: usize) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the inference thread pool: {e}"))
 }
 
+/// Exit code of `inference-server probe`: 0 healthy, 1 not (the reason on stderr).
+fn probe(args: &ProbeArgs) -> i32 {
+    let timeout = std::time::Duration::from_secs_f64(args.timeout_seconds);
+    let url = format!("http://{}:{}{}", args.host, args.port, args.path);
+    match probe::http_status(&args.host, args.port, &args.path, timeout) {
+        Ok(code) if (200..300).contains(&code) => 0,
+        Ok(code) => {
+            eprintln!("inference-server probe: GET {url}: HTTP {code}");
+            1
+        }
+        Err(e) => {
+            eprintln!("inference-server probe: GET {url}: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -54,6 +72,7 @@ fn main() {
             })
         }
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Probe(args)) => std::process::exit(probe(&args)),
         None => serve(cli.serve),
     };
     if let Err(e) = result {
