@@ -6,7 +6,7 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build build-cuda test weights demo bench bench-hostile bench-operator bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build build-cuda images image-cuda test weights demo bench bench-hostile bench-operator bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
@@ -14,13 +14,19 @@ help:
 	@echo "make bench         forward-pass and HTTP benchmarks side by side with PyTorch/ONNX Runtime"
 	@echo "make bench-hostile memory, slow-client and tritonclient figures for the server"
 	@echo "make bench-operator the operator with 1000 InferenceServices, beside a baseline operator"
+	@echo "make images        build the CPU inference image and the operator image (buildah)"
 	@echo "make crds          regenerate crds/, rbac/ and the chart's CRD copy from the Rust code"
 	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster-down  stop it and remove its state"
 
 # System packages the build needs: nasm assembles libjpeg-turbo's SIMD decoder.
+# buildah / podman / runc / mmdebstrap build and run the images (make images, its tests).
+DEB_TOOLS := nasm:nasm buildah:buildah podman:podman runc:runc mmdebstrap:mmdebstrap
 deps:
-	@command -v nasm >/dev/null || { echo "installing nasm (apt)"; apt-get install -y -qq nasm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nasm >/dev/null; }; }
+	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (apt)"; \
+	  apt-get install -y -qq $$missing >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } \
+	  || { echo "make deps: apt-get could not install$$missing" >&2; exit 1; }; fi
 
 build: deps
 	$(CARGO) build --release --workspace --bins
@@ -29,6 +35,20 @@ build: deps
 # Output: target-cuda/release/inference-server, which starts only where the NVIDIA driver is.
 build-cuda: deps
 	bash -c 'source tools/cuda-env.sh && CARGO_TARGET_DIR=target-cuda $(CARGO) build --release -p inference-server --features cuda'
+
+# The CPU inference image and the operator image, built with buildah from the Dockerfiles and
+# tagged $(IMAGE_REPO)/<name>:<workspace version>; prints sizes, layers and build times.
+IMAGE_REPO ?= ghcr.io/inference-server
+images: deps
+	IMAGE_REPO=$(IMAGE_REPO) hack/images.sh
+
+# The CUDA image, where NVIDIA's base images can be pulled (not here): docker or buildah.
+# CUDA_COMPUTE_CAP as for build-cuda (80: A100; 86: A10G; 89: L4; 90: H100).
+CUDA_COMPUTE_CAP ?= 80
+CONTAINER_BUILD ?= $(shell docker info >/dev/null 2>&1 && echo docker build || echo buildah build --layers --format docker)
+image-cuda:
+	$(CONTAINER_BUILD) -f Dockerfile.inference --target cuda --build-arg CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+	  -t $(IMAGE_REPO)/inference-server:$$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)-cuda .
 
 # Python with torch/torchvision for reference fixtures and benchmarks (~5 GB: CUDA wheels).
 .venv/.installed: tools/requirements.txt

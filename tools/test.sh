@@ -20,6 +20,11 @@ export TRITON_CLIENT_PYTHON=$PWD/.state/venv-triton/bin/python
 phase "build release binaries" cargo build --release --workspace --bins
 export INFERENCE_SERVER_BIN=$PWD/target/release/inference-server
 export LOCAL_NODE_BIN=$PWD/target/release/local-node
+# The images users deploy, built from the Dockerfiles with buildah (base images and the cargo
+# caches inside the build are kept between runs); inference/tests/image.rs and
+# operator/tests/image.rs run them with podman.
+export CONTAINERS_CONF=$PWD/hack/containers/containers.conf
+phase "container images (hack/images.sh)" env -u IMAGE_REPO hack/images.sh
 phase "cargo test (workspace, release)" cargo test --release --workspace --no-fail-fast
 # The CPU network picks the widest kernels the CPU has; run the narrower ones here too, so every
 # kernel set is tested on this machine (the GEMM unit test already covers each one alone).
