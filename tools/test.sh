@@ -24,6 +24,8 @@ export LOCAL_NODE_BIN=$PWD/target/release/local-node
 # caches inside the build are kept between runs); inference/tests/image.rs and
 # operator/tests/image.rs run them with podman.
 export CONTAINERS_CONF=$PWD/hack/containers/containers.conf
+phase "hadolint venv (tools/lint-venv.sh)" tools/lint-venv.sh
+export HADOLINT=$PWD/.state/venv-lint/bin/hadolint
 phase "container images (hack/images.sh)" env -u IMAGE_REPO hack/images.sh
 phase "cargo test (workspace, release)" cargo test --release --workspace --no-fail-fast
 # The CPU network picks the widest kernels the CPU has; run the narrower ones here too, so every
