@@ -70,14 +70,14 @@ if [[ " $want " == *" inference "* ]]; then
   dir=$(mktemp -d) name=images-start-$$
   trap 'podman rm -f -t 0 "$name" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
   chmod 0777 "$dir"
-  podman run --rm --network none --user 65532:65532 -v "$dir:/out" "$image" \
+  podman run --rm --no-healthcheck --network none --user 65532:65532 -v "$dir:/out" "$image" \
     generate-weights --seed 1 --out /out/resnet50.safetensors >/dev/null \
     || die "the image could not generate weights"
   net=inference-image-test
   podman network exists "$net" || podman network create --subnet 198.18.254.0/24 "$net" >/dev/null
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   t0=$(date +%s%N)
-  podman run -d --name "$name" --network "$net" -p "127.0.0.1:$port:8080" --read-only --health-interval disable \
+  podman run -d --name "$name" --network "$net" -p "127.0.0.1:$port:8080" --read-only --no-healthcheck \
     --user 65532:65532 --cap-drop ALL --security-opt no-new-privileges \
     -v "$dir/resnet50.safetensors:/models/resnet50.safetensors:ro" "$image" >/dev/null \
     || die "podman could not start $image"
