@@ -15,7 +15,7 @@ help:
 	@echo "make bench-hostile memory, slow-client and tritonclient figures for the server"
 	@echo "make bench-operator the operator with 1000 InferenceServices, beside a baseline operator"
 	@echo "make images        build the CPU inference image and the operator image (buildah)"
-	@echo "make crds          regenerate crds/, rbac/ and the chart's CRD copy from the Rust code"
+	@echo "make crds          regenerate crds/, rbac/ and the chart's CRD and RBAC rules from the Rust code"
 	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster-down  stop it and remove its state"
 
@@ -96,7 +96,7 @@ bench-gpu:
 
 # Generated files: the CRD from the operator's Rust types (a test fails when these are stale).
 crds:
-	$(CARGO) run -q --release -p inference-operator --bin crdgen -- --rbac rbac crds $(wildcard charts/inference-operator/crds)
+	$(CARGO) run -q --release -p inference-operator --bin crdgen -- --rbac rbac --chart charts/inference-operator crds
 
 # The local control plane (etcd, kube-apiserver, kube-controller-manager), built from Go modules.
 cluster-up: build

@@ -66,18 +66,24 @@ fn rbac_files_are_up_to_date() {
 fn crd_files_are_up_to_date() {
     let generated = crd::crd_yaml();
     let name = crd::crd_file_name();
-    let hint = "run `make crds` (or `cargo run -p inference-operator --bin crdgen -- crds charts/inference-operator/crds`) and commit the result";
+    let hint = "run `make crds` (or `cargo run -p inference-operator --bin crdgen -- --rbac rbac --chart charts/inference-operator crds`) and commit the result";
     let main = repo_root().join("crds").join(&name);
     let on_disk = std::fs::read_to_string(&main)
         .unwrap_or_else(|e| panic!("{}: {e}; {hint}", main.display()));
     assert!(on_disk == generated, "{} is stale: {hint}", main.display());
     let chart_dir = repo_root().join("charts/inference-operator");
-    if chart_dir.exists() {
-        let chart = chart_dir.join("crds").join(&name);
-        let on_disk = std::fs::read_to_string(&chart)
-            .unwrap_or_else(|e| panic!("{}: {e}; {hint}", chart.display()));
-        assert!(on_disk == generated, "{} is stale: {hint}", chart.display());
-    }
+    let chart = chart_dir.join("crds").join(&name);
+    let on_disk = std::fs::read_to_string(&chart)
+        .unwrap_or_else(|e| panic!("{}: {e}; {hint}", chart.display()));
+    assert!(on_disk == generated, "{} is stale: {hint}", chart.display());
+    let rules = chart_dir.join("files/rbac.yaml");
+    let on_disk = std::fs::read_to_string(&rules)
+        .unwrap_or_else(|e| panic!("{}: {e}; {hint}", rules.display()));
+    assert!(
+        on_disk == inference_operator::rbac::chart_rules_yaml(),
+        "{} is stale: {hint}",
+        rules.display()
+    );
 }
 
 #[test]

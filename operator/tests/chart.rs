@@ -1,0 +1,558 @@
+//! The Helm chart (`charts/inference-operator/`) with the real helm (built from its Go module
+//! with the control plane) and the real API server: lint, the values schema, the rendered RBAC
+//! against `operator/src/rbac.rs`, install / upgrade / uninstall, and the operator running under
+//! the chart's ServiceAccount (its process with that ServiceAccount's token: pods need the real
+//! node of a later issue to run).
+//!
+//! Its own test binary, so its own control plane: the chart installs cluster-wide objects.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use inference_operator::rbac;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+fn chart() -> PathBuf {
+    repo_file("charts/inference-operator")
+}
+
+fn helm_bin() -> PathBuf {
+    if let Some(h) = std::env::var_os("HELM") {
+        return h.into();
+    }
+    let out = Command::new(repo_file("hack/build-control-plane.sh"))
+        .arg("--print-bin-dir")
+        .output()
+        .expect("hack/build-control-plane.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm")
+}
+
+/// helm with its caches and config under the test's temp dir, and this kubeconfig.
+fn helm(args: &[&str], kubeconfig: Option<&PathBuf>) -> Output {
+    let home = tmp_dir().join("helm-home");
+    let mut cmd = Command::new(helm_bin());
+    cmd.args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG");
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    cmd.output().expect("running helm")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "helm failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm template` → the rendered objects.
+fn render(sets: &[&str]) -> Vec<Value> {
+    let c = chart();
+    let mut args = vec!["template", "rel", c.to_str().unwrap(), "--namespace", "ops"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let yaml = ok(&helm(&args, None));
+    serde_saphyr::from_multiple::<Value>(&yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn rules(rules: &[rbac::Rule]) -> Value {
+    serde_json::to_value(rbac::policy_rules(rules)).unwrap()
+}
+
+#[test]
+fn chart_versions_are_the_workspace_version() {
+    let chart: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    let docs = render(&[]);
+    let dep = find(&docs, "Deployment", "rel-inference-operator").unwrap();
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["image"],
+        format!(
+            "ghcr.io/inference-server/inference-operator:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(
+            &format!(
+                "--default-image={}",
+                inference_operator::builders::default_image()
+            )
+            .as_str()
+        ),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn lint_strict_with_defaults_and_with_every_option_on() {
+    let c = chart();
+    ok(&helm(&["lint", "--strict", c.to_str().unwrap()], None));
+    let all_on = c.join("ci/all-on-values.yaml");
+    ok(&helm(
+        &[
+            "lint",
+            "--strict",
+            c.to_str().unwrap(),
+            "-f",
+            all_on.to_str().unwrap(),
+        ],
+        None,
+    ));
+}
+
+#[test]
+fn a_mistyped_value_is_refused_by_the_schema() {
+    let c = chart();
+    for (set, says) in [
+        ("replicaCount=two", "replicaCount"),
+        ("imagee.tag=1", "imagee"),
+        ("logFormat=yaml", "logFormat"),
+        ("leaderElection.enabled=maybe", "leaderElection"),
+        ("port=80", "port"),
+    ] {
+        let out = helm(
+            &["template", "rel", c.to_str().unwrap(), "--set", set],
+            None,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(says),
+            "{set}: {err}"
+        );
+    }
+}
+
+/// Every leaf of values.yaml is in the README's table, and the table names nothing else.
+#[test]
+fn the_readme_lists_every_value() {
+    fn leaves(prefix: &str, v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&p, v, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let mut want = BTreeSet::new();
+    leaves("", &values, &mut want);
+    // Free-form maps are documented as a whole.
+    for free in ["resources", "podSecurityContext", "securityContext"] {
+        want.retain(|k| !k.starts_with(&format!("{free}.")));
+        want.insert(free.to_string());
+    }
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let listed: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        want, listed,
+        "charts/inference-operator/README.md's value table vs values.yaml"
+    );
+}
+
+/// The chart grants exactly the generated rules: cluster-wide by default, as a Role in the
+/// watched namespace (and nothing cluster-wide for the operator) with watchNamespace.
+#[test]
+fn the_rendered_rbac_is_the_operators_rules() {
+    let docs = render(&["replicaCount=2"]);
+    let cr = find(&docs, "ClusterRole", "rel-inference-operator").expect("ClusterRole");
+    assert_eq!(cr["rules"], rules(rbac::RULES));
+    let crb = find(&docs, "ClusterRoleBinding", "rel-inference-operator").unwrap();
+    assert_eq!(crb["subjects"][0]["name"], "rel-inference-operator");
+    assert_eq!(crb["subjects"][0]["namespace"], "ops");
+    let lease = find(&docs, "Role", "rel-inference-operator-leader-election").unwrap();
+    assert_eq!(lease["metadata"]["namespace"], "ops");
+    assert_eq!(lease["rules"], rules(rbac::LEASE_RULES));
+    let edit = find(&docs, "ClusterRole", "rel-inference-operator:edit").unwrap();
+    let generated = serde_json::to_value(&rbac::aggregate_roles()[0].rules).unwrap();
+    assert_eq!(edit["rules"], generated);
+
+    let docs = render(&[
+        "watchNamespace=models",
+        "rbac.aggregateToDefaultRoles=false",
+    ]);
+    let role = find(&docs, "Role", "rel-inference-operator").expect("Role");
+    assert_eq!(role["metadata"]["namespace"], "models");
+    assert_eq!(role["rules"], rules(rbac::RULES));
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding"),
+        "namespaced mode grants something cluster-wide"
+    );
+    // One replica: no leader election, and no overlap on rollout.
+    assert!(find(&docs, "Role", "rel-inference-operator-leader-election").is_none());
+    let dep = find(&docs, "Deployment", "rel-inference-operator").unwrap();
+    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--leader-election=false") && args.contains("--namespace=models"),
+        "{args}"
+    );
+}
+
+/// Verbs: neither wildcards nor `update` on what server-side apply patches, no secrets, no
+/// nodes.
+#[test]
+fn the_rules_are_least_privilege() {
+    let docs = render(&[]);
+    let cr = find(&docs, "ClusterRole", "rel-inference-operator").unwrap();
+    let rules: Vec<PolicyRule> = serde_json::from_value(cr["rules"].clone()).unwrap();
+    for r in &rules {
+        let res = r.resources.clone().unwrap_or_default();
+        assert!(!r.verbs.iter().any(|v| v == "*" || v == "update"), "{r:?}");
+        assert!(
+            !res.iter()
+                .any(|x| x == "*" || x == "secrets" || x == "nodes"),
+            "{r:?}"
+        );
+        assert!(
+            !r.api_groups
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g == "*"),
+            "{r:?}"
+        );
+    }
+}
+
+async fn can(
+    env: &Env,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    ns: Option<&str>,
+) -> bool {
+    let sars: Api<SubjectAccessReview> = Api::all(env.client.clone());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: ns.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = sars.create(&PostParams::default(), &review).await.unwrap();
+    r.status.unwrap().allowed
+}
+
+/// A token for `sa` in `ns`, as a kubeconfig file.
+async fn token_kubeconfig(env: &Env, ns: &str, sa: &str) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), ns);
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let mut kc = kube::config::Kubeconfig::read_from(env.cluster.kubeconfig()).unwrap();
+    for user in &mut kc.auth_infos {
+        let auth = user.auth_info.get_or_insert_default();
+        *auth = Default::default();
+        auth.token = Some(token.clone().into());
+    }
+    let path = tmp_dir().join(format!("{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+/// The args the chart gives the operator, for running its process here: the listen address
+/// moved to a free loopback port (the pod's own network is not ours).
+fn chart_args(dep: &Deployment) -> Vec<String> {
+    let c = &dep
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    c.args
+        .clone()
+        .unwrap()
+        .into_iter()
+        // The harness sets these itself (its own port, text logs, a test default image).
+        .filter(|a| {
+            !["--listen=", "--log-format=", "--default-image="]
+                .iter()
+                .any(|f| a.starts_with(f))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn install_run_under_its_service_account_upgrade_uninstall() {
+    let mut env = Env::new(cluster(), "chart").await;
+    let kubeconfig = env.cluster.kubeconfig();
+    let ops = env.ns.clone();
+    let c = chart();
+    let chart_path = c.to_str().unwrap();
+
+    // Every option on, checked by the API server without being created.
+    let all_on = c.join("ci/all-on-values.yaml");
+    ok(&helm(
+        &[
+            "install",
+            "dry",
+            chart_path,
+            "-n",
+            &ops,
+            "--dry-run=server",
+            "-f",
+            all_on.to_str().unwrap(),
+        ],
+        Some(&kubeconfig),
+    ));
+
+    // Cluster-wide (the defaults).
+    ok(&helm(
+        &["install", "rel", chart_path, "-n", &ops, "--wait=false"],
+        Some(&kubeconfig),
+    ));
+    let name = "rel-inference-operator";
+    let deps: Api<Deployment> = env.api();
+    let dep = deps.get(name).await.expect("the operator Deployment");
+    env.api::<ServiceAccount>()
+        .get(name)
+        .await
+        .expect("the ServiceAccount");
+    env.api::<Service>()
+        .get(&format!("{name}-metrics"))
+        .await
+        .expect("the metrics Service");
+    let crs: Api<ClusterRole> = Api::all(env.client.clone());
+    let cr = crs.get(name).await.expect("the ClusterRole");
+    assert_eq!(serde_json::to_value(cr.rules).unwrap(), rules(rbac::RULES));
+    let crbs: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    crbs.get(name).await.expect("the ClusterRoleBinding");
+
+    // What the ServiceAccount may and may not do, asked of the API server.
+    let user = format!("system:serviceaccount:{ops}:{name}");
+    for (verb, group, res) in [
+        ("list", "serving.inference-server.dev", "inferenceservices"),
+        ("watch", "serving.inference-server.dev", "inferenceservices"),
+        (
+            "patch",
+            "serving.inference-server.dev",
+            "inferenceservices/status",
+        ),
+        ("create", "apps", "deployments"),
+        ("patch", "apps", "deployments"),
+        ("delete", "policy", "poddisruptionbudgets"),
+        ("create", "events.k8s.io", "events"),
+    ] {
+        assert!(
+            can(&env, &user, verb, group, res, Some("anywhere")).await,
+            "{verb} {res}"
+        );
+    }
+    for (verb, group, res) in [
+        ("get", "", "secrets"),
+        ("list", "", "secrets"),
+        ("update", "", "nodes"),
+        ("update", "apps", "deployments"),
+        (
+            "delete",
+            "serving.inference-server.dev",
+            "inferenceservices",
+        ),
+        ("create", "coordination.k8s.io", "leases"),
+    ] {
+        assert!(
+            !can(&env, &user, verb, group, res, Some("anywhere")).await,
+            "{verb} {res}"
+        );
+    }
+
+    // The operator under that ServiceAccount, with the chart's flags, reconciles.
+    let sa_kubeconfig = token_kubeconfig(&env, &ops, name).await;
+    let args = chart_args(&dep);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = Operator::start_as(sa_kubeconfig, "chart", None, &args);
+    env.logs.push(op.log.clone());
+    env.apply_isvc("resnet", json!({"model": {"name": "resnet50"}}))
+        .await;
+    let react = Duration::from_secs(60);
+    env.wait_obj::<Deployment>("resnet", "created", react, |_| true)
+        .await;
+    env.wait_obj::<PodDisruptionBudget>("resnet", "created", react, |_| true)
+        .await;
+    env.wait_isvc("resnet", "status written", react, observed_current)
+        .await;
+    let log = std::fs::read_to_string(&op.log).unwrap();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "{}",
+        tail(&op.log, 40)
+    );
+    drop(op);
+
+    // helm upgrade with a changed value rolls the operator (a new pod template).
+    let before = deps.get(name).await.unwrap();
+    ok(&helm(
+        &[
+            "upgrade",
+            "rel",
+            chart_path,
+            "-n",
+            &ops,
+            "--set",
+            "concurrency=4",
+            "--wait=false",
+        ],
+        Some(&kubeconfig),
+    ));
+    let after = deps.get(name).await.unwrap();
+    assert!(after.metadata.generation > before.metadata.generation);
+    assert!(chart_args(&after).contains(&"--concurrency=4".to_string()));
+
+    // helm uninstall removes everything but the CRD (and so the InferenceServices).
+    ok(&helm(
+        &["uninstall", "rel", "-n", &ops, "--wait"],
+        Some(&kubeconfig),
+    ));
+    env.wait_gone::<Deployment>(name, react).await;
+    assert!(crs.get_opt(name).await.unwrap().is_none());
+    assert!(crbs.get_opt(name).await.unwrap().is_none());
+    assert!(
+        env.api::<ServiceAccount>()
+            .get_opt(name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        env.isvcs().get_opt("resnet").await.unwrap().is_some(),
+        "the CRD went"
+    );
+
+    // Namespaced: a Role in the watched namespace; nothing elsewhere.
+    let models = test_cluster::create_namespace(&env.client, "chart-models")
+        .await
+        .unwrap();
+    ok(&helm(
+        &[
+            "install",
+            "ns",
+            chart_path,
+            "-n",
+            &ops,
+            "--wait=false",
+            "--set",
+            &format!("watchNamespace={models}"),
+        ],
+        Some(&kubeconfig),
+    ));
+    let ns_name = "ns-inference-operator";
+    let roles: Api<Role> = Api::namespaced(env.client.clone(), &models);
+    assert_eq!(
+        serde_json::to_value(roles.get(ns_name).await.unwrap().rules).unwrap(),
+        rules(rbac::RULES)
+    );
+    assert!(crs.get_opt(ns_name).await.unwrap().is_none());
+    let user = format!("system:serviceaccount:{ops}:{ns_name}");
+    assert!(can(&env, &user, "create", "apps", "deployments", Some(&models)).await);
+    assert!(!can(&env, &user, "create", "apps", "deployments", Some(&ops)).await);
+    assert!(
+        !can(
+            &env,
+            &user,
+            "list",
+            "serving.inference-server.dev",
+            "inferenceservices",
+            None
+        )
+        .await
+    );
+    ok(&helm(
+        &["uninstall", "ns", "-n", &ops, "--wait"],
+        Some(&kubeconfig),
+    ));
+    env.finish().await;
+}
