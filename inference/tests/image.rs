@@ -174,15 +174,6 @@ impl Drop for Container {
     }
 }
 
-/// The test weights, readable by the container's user (65532): a mounted file keeps the host's
-/// owner and mode.
-fn readable_weights() -> &'static Path {
-    use std::os::unix::fs::PermissionsExt;
-    let w = weights();
-    std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o644)).unwrap();
-    w
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -215,12 +206,7 @@ fn predict(url: &str, photo: &str) -> serde_json::Value {
 fn the_image_serves_like_the_host_binary_under_the_pods_restrictions() {
     let image = setup();
     let started = Instant::now();
-    let c = Container::run(
-        &image,
-        "serve",
-        Some(readable_weights()),
-        &["--stop-timeout", "30"],
-    );
+    let c = Container::run(&image, "serve", Some(weights()), &["--stop-timeout", "30"]);
     let ready = c.wait_ready(started, Duration::from_secs(60));
     eprintln!("container start to /ready (weights mounted): {ready:?}");
 

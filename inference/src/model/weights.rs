@@ -332,6 +332,13 @@ pub fn write_random(path: &Path, seed: u64) -> anyhow::Result<()> {
     // Write then rename, so a crash never leaves a half-written file that looks valid.
     let tmp = path.with_extension("safetensors.partial");
     safetensors::serialize_to_file(views, Some(metadata), &tmp)?;
+    // safetensors writes through a 0600 temporary file; weights are no secret and are mounted
+    // into containers that run as another user (65532), so make them readable like any file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    }
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -376,6 +383,12 @@ mod tests {
         );
         let w = load(&a, &Device::Cpu).unwrap();
         assert_eq!(w.random_seed.as_deref(), Some("3"));
+        // Readable by a container's non-root user when mounted.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
