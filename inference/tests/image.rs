@@ -471,8 +471,15 @@ fn dockerfiles_default_to_public_base_images() {
 /// ignored and why). `tools/lint-venv.sh` installs it; HADOLINT points at it.
 #[test]
 fn dockerfiles_pass_hadolint() {
-    let hadolint = std::env::var("HADOLINT").unwrap_or_else(|_| "hadolint".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = root.join(".state/venv-lint/bin/hadolint");
+    let hadolint = std::env::var("HADOLINT").unwrap_or_else(|_| {
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "hadolint".into()
+        }
+    });
     for f in [
         "Dockerfile.inference",
         "Dockerfile.operator",
