@@ -374,7 +374,35 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
     let c = chart();
     let chart_path = c.to_str().unwrap();
 
-    // Every option on, checked by the API server without being created.
+    // Every option on, checked by the API server without being created: the Prometheus
+    // Operator's CRDs first, so the ServiceMonitor, PodMonitor and PrometheusRule are checked too.
+    let monitoring_crds = script_output("hack/monitoring-crds.sh");
+    for kind in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        let file = monitoring_crds.join(format!("monitoring.coreos.com_{kind}.yaml"));
+        test_cluster::apply_file(&env.client, &file, None)
+            .await
+            .unwrap();
+    }
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.client.clone());
+    for kind in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        let name = format!("{kind}.monitoring.coreos.com");
+        env.wait(
+            &format!("{name} established"),
+            Duration::from_secs(30),
+            || async {
+                crds.get(&name)
+                    .await
+                    .ok()?
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     let all_on = c.join("ci/all-on-values.yaml");
     ok(&helm(
         &[
@@ -555,4 +583,130 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
         Some(&kubeconfig),
     ));
     env.finish().await;
+}
+
+// ---- Alerts (files/alerts.yaml) ------------------------------------------------------------
+
+fn script_output(script: &str) -> PathBuf {
+    let out = Command::new(repo_file(script)).output().expect(script);
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn alerts() -> Value {
+    serde_saphyr::from_str(&std::fs::read_to_string(chart().join("files/alerts.yaml")).unwrap())
+        .unwrap()
+}
+
+/// `promtool check rules` and `promtool test rules`: each alert fires when it should and stays
+/// silent when it should not (tests/alerts_test.yaml).
+#[test]
+fn alerts_pass_promtool_check_and_unit_tests() {
+    let promtool = script_output("hack/promtool.sh");
+    for args in [
+        &["check", "rules", "files/alerts.yaml"][..],
+        &["test", "rules", "tests/alerts_test.yaml"][..],
+    ] {
+        let out = Command::new(&promtool)
+            .current_dir(chart())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every alert: severity, summary, description, a runbook section that exists, a unit test; every
+/// metric it names is exported by the server or the operator, or is a listed standard one.
+#[test]
+fn every_alert_is_documented_tested_and_on_real_metrics() {
+    let runbooks = std::fs::read_to_string(repo_file("docs/runbooks.md")).unwrap();
+    let tests = std::fs::read_to_string(chart().join("tests/alerts_test.yaml")).unwrap();
+    let server = std::fs::read_to_string(repo_file("inference/src/metrics.rs")).unwrap();
+    let operator = std::fs::read_to_string(repo_file("operator/src/metrics.rs")).unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let mut names = BTreeSet::new();
+    for group in alerts()["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert!(names.insert(name.to_string()), "{name} twice");
+            let sev = rule["labels"]["severity"].as_str().unwrap_or_default();
+            assert!(
+                ["warning", "critical"].contains(&sev),
+                "{name}: severity {sev:?}"
+            );
+            for a in ["summary", "description", "runbook_url"] {
+                assert!(
+                    rule["annotations"][a]
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty()),
+                    "{name}: {a}"
+                );
+            }
+            let anchor = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap()
+                .rsplit('#')
+                .next()
+                .unwrap();
+            assert_eq!(anchor, name.to_lowercase(), "{name}: runbook anchor");
+            assert!(
+                runbooks.contains(&format!("\n## {name}\n")),
+                "{name}: no section in docs/runbooks.md"
+            );
+            assert!(
+                tests.contains(&format!("alertname: {name}\n")),
+                "{name}: no promtool unit test"
+            );
+            assert!(
+                readme.contains(&format!("| {name} |")),
+                "{name}: not in the chart README"
+            );
+            // Metric names in the expression.
+            let expr = rule["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let base = ["_bucket", "_total", "_sum", "_count"]
+                    .iter()
+                    .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+                if let Some(m) = base.strip_prefix("ml_inference_") {
+                    assert!(
+                        server.contains(&format!("\"ml_inference_{m}")),
+                        "{name}: {word} is not exported by the server"
+                    );
+                } else if let Some(m) = base.strip_prefix("inference_operator_") {
+                    assert!(
+                        operator.contains(&format!("\"{m}\"")),
+                        "{name}: {word} is not exported by the operator"
+                    );
+                } else if word.starts_with("kube_") {
+                    assert!(
+                        readme.contains(&format!("`{word}`")),
+                        "{name}: {word} is not listed in the chart README"
+                    );
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 12, "{names:?}");
+}
+
+/// The PrometheusRule the chart renders carries files/alerts.yaml unchanged.
+#[test]
+fn the_prometheus_rule_is_the_alerts_file() {
+    let docs = render(&["monitoring.prometheusRule.enabled=true"]);
+    let rule = find(&docs, "PrometheusRule", "rel-inference-operator").expect("PrometheusRule");
+    assert_eq!(rule["spec"]["groups"], alerts()["groups"]);
+    assert!(
+        find(&render(&[]), "PrometheusRule", "rel-inference-operator").is_none(),
+        "on by default"
+    );
 }
