@@ -403,20 +403,48 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
         )
         .await;
     }
+    // (helm's own --dry-run=server only renders with lookups: the objects go to the API server
+    // here, as a server-side apply dry run.)
     let all_on = c.join("ci/all-on-values.yaml");
-    ok(&helm(
+    for ns in ["models", "monitoring"] {
+        let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+        test_cluster::apply_yaml(&env.client, &yaml, None)
+            .await
+            .unwrap();
+    }
+    let rendered = ok(&helm(
         &[
-            "install",
+            "template",
             "dry",
             chart_path,
             "-n",
             &ops,
-            "--dry-run=server",
             "-f",
             all_on.to_str().unwrap(),
         ],
-        Some(&kubeconfig),
+        None,
     ));
+    let checked = test_cluster::dry_run_yaml(&env.client, &rendered, Some(&ops))
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused the chart with every option on: {e:#}"));
+    let kinds: BTreeSet<String> = checked
+        .iter()
+        .filter_map(|o| o.types.as_ref().map(|t| t.kind.clone()))
+        .collect();
+    for kind in [
+        "Deployment",
+        "Role",
+        "ClusterRole",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "{kind} not rendered with every option on: {kinds:?}"
+        );
+    }
 
     // Cluster-wide (the defaults).
     ok(&helm(
@@ -708,5 +736,153 @@ fn the_prometheus_rule_is_the_alerts_file() {
     assert!(
         find(&render(&[]), "PrometheusRule", "rel-inference-operator").is_none(),
         "on by default"
+    );
+}
+
+// ---- Dashboard (dashboards/*.json) ----------------------------------------------------------
+
+fn dashboard() -> (String, Value) {
+    let text = std::fs::read_to_string(chart().join("dashboards/inference-service.json")).unwrap();
+    let v = serde_json::from_str(&text).expect("the dashboard is valid JSON");
+    (text, v)
+}
+
+/// Every query of the dashboard, with Grafana's variables replaced by what Prometheus accepts.
+fn dashboard_queries(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+                .replace("$namespace", ".*")
+                .replace("$inferenceservice", ".*");
+            out.push((format!("{} / {}", p["title"], t["refId"]), expr));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_is_well_formed() {
+    let (_, d) = dashboard();
+    assert_eq!(d["uid"], "inference-server-overview", "a stable uid");
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 39);
+    let vars = d["templating"]["list"].as_array().unwrap();
+    assert!(vars.iter().any(|v| v["name"] == "datasource"
+        && v["type"] == "datasource"
+        && v["query"] == "prometheus"));
+    let mut ids = BTreeSet::new();
+    let mut rows = 0;
+    for p in d["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel id {} twice",
+            p["id"]
+        );
+        if p["type"] == "row" {
+            rows += 1;
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        }
+        assert!(
+            p["description"].as_str().is_some_and(|s| !s.is_empty()),
+            "{}",
+            p["title"]
+        );
+    }
+    assert!(rows >= 4, "one row per concern");
+    // The seed's widgets and the issue's list, by the metric each needs.
+    let text = d.to_string();
+    for m in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "ml_inference_requests_total",
+        "ml_inference_latency_seconds_bucket",
+        "kube_deployment_status_replicas_available",
+        "ml_inference_request_errors_total",
+        "ml_inference_rejected_total",
+        "ml_inference_queue_depth",
+        "ml_inference_batch_size_sum",
+        "ml_inference_preprocess_seconds_bucket",
+        "ml_inference_queue_seconds_bucket",
+        "ml_inference_model_seconds_bucket",
+        "kube_horizontalpodautoscaler_spec_max_replicas",
+        "ml_inference_model_load_seconds",
+    ] {
+        assert!(text.contains(m), "the dashboard shows nothing from {m}");
+    }
+}
+
+/// Each query parses (promtool, as recording rules) and names only metrics the server or the
+/// operator export, or standard ones the chart README lists.
+#[test]
+fn every_dashboard_query_parses_and_names_real_metrics() {
+    let (_, d) = dashboard();
+    let queries = dashboard_queries(&d);
+    let server = std::fs::read_to_string(repo_file("inference/src/metrics.rs")).unwrap();
+    let operator = std::fs::read_to_string(repo_file("operator/src/metrics.rs")).unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (what, expr)) in queries.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(expr).unwrap()
+        ));
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let base = ["_bucket", "_total", "_sum", "_count"]
+                .iter()
+                .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+            if let Some(m) = base.strip_prefix("ml_inference_") {
+                assert!(
+                    server.contains(&format!("\"ml_inference_{m}")),
+                    "{what}: {word}"
+                );
+            } else if let Some(m) = base.strip_prefix("inference_operator_") {
+                assert!(operator.contains(&format!("\"{m}\"")), "{what}: {word}");
+            } else if word.starts_with("kube_") || word.starts_with("container_") {
+                assert!(
+                    readme.contains(&format!("`{word}`")),
+                    "{what}: {word} not in the chart README"
+                );
+            }
+        }
+    }
+    let file = tmp_dir().join(format!("dashboard-rules-{}.yaml", std::process::id()));
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(script_output("hack/promtool.sh"))
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a dashboard query does not parse:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn the_dashboard_configmap_carries_the_file() {
+    let (text, _) = dashboard();
+    let docs = render(&["monitoring.grafanaDashboard.enabled=true"]);
+    let cm = find(&docs, "ConfigMap", "rel-inference-operator-dashboards").expect("ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["data"]["inference-service.json"], text);
+    assert!(
+        find(
+            &render(&[]),
+            "ConfigMap",
+            "rel-inference-operator-dashboards"
+        )
+        .is_none()
     );
 }

@@ -485,6 +485,25 @@ pub async fn apply_yaml(
     yaml: &str,
     namespace: Option<&str>,
 ) -> anyhow::Result<Vec<DynamicObject>> {
+    apply_yaml_with(client, yaml, namespace, false).await
+}
+
+/// [`apply_yaml`] as a server-side dry run: the API server validates and admits every object
+/// (schemas, CEL, admission) and stores nothing.
+pub async fn dry_run_yaml(
+    client: &Client,
+    yaml: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<DynamicObject>> {
+    apply_yaml_with(client, yaml, namespace, true).await
+}
+
+async fn apply_yaml_with(
+    client: &Client,
+    yaml: &str,
+    namespace: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Vec<DynamicObject>> {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).context("parsing YAML")?;
     let mut applied = Vec::new();
     for doc in docs.into_iter().filter(|d| !d.is_null()) {
@@ -512,7 +531,8 @@ pub async fn apply_yaml(
             }
             Scope::Cluster => Api::all_with(client.clone(), &ar),
         };
-        let pp = PatchParams::apply("test-cluster").force();
+        let mut pp = PatchParams::apply("test-cluster").force();
+        pp.dry_run = dry_run;
         applied.push(
             api.patch(&name, &pp, &Patch::Apply(&obj))
                 .await
