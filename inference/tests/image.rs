@@ -7,12 +7,15 @@
 //! or run `make images`. The Dockerfile checks at the end need no image.
 
 mod common;
+#[path = "../../test-cluster/src/podman.rs"]
+mod podman;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use podman::{RESTRICTED, Removed, containers_conf, podman, text};
 
 const NETWORK: &str = "inference-image-test";
 const SUBNET: &str = "198.18.254.0/24";
@@ -24,38 +27,6 @@ fn image() -> String {
             env!("CARGO_PKG_VERSION")
         )
     })
-}
-
-fn podman(args: &[&str]) -> Output {
-    let out = Command::new("podman")
-        .args(args)
-        .env("CONTAINERS_CONF", containers_conf())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("podman cannot run ({e}): `make deps` installs it"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains("error setting rlimit"),
-        "podman refused the container's rlimits: this sandbox cannot raise them, so every \
-         container must ask for limits within the machine's (--ulimit nofile=1024:1024 \
-         --ulimit nproc=1024:1024): {err}"
-    );
-    out
-}
-
-/// The project's podman settings (runc, rlimits within the sandbox's, networks in 198.18/15),
-/// unless the caller chose others.
-fn containers_conf() -> std::ffi::OsString {
-    std::env::var_os("CONTAINERS_CONF").unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("hack/containers/containers.conf")
-            .into()
-    })
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
 }
 
 /// The image exists (built by `make images`) and the test network is there.
@@ -82,6 +53,7 @@ fn setup() -> String {
 struct Container {
     name: String,
     port: u16,
+    _removed: Removed,
 }
 
 impl Container {
@@ -103,22 +75,12 @@ impl Container {
             // No systemd timer here: `podman healthcheck run` runs the check on demand.
             "--health-interval",
             "disable",
-            "--read-only",
-            "--user",
-            "65532:65532",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
             "-e",
             "INFERENCE_THREADS=2",
             "-e",
             "LOG_FORMAT=text",
         ];
+        args.extend(RESTRICTED);
         if let Some(m) = &mount {
             args.extend(["-v", m.as_str()]);
         }
@@ -127,7 +89,11 @@ impl Container {
         let _ = podman(&["rm", "-f", &name]);
         let out = podman(&args);
         assert!(out.status.success(), "podman run: {}", text(&out.stderr));
-        Container { name, port }
+        Container {
+            _removed: Removed(name.clone()),
+            name,
+            port,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -165,12 +131,6 @@ impl Container {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = podman(&["rm", "-f", "-t", "0", &self.name]);
     }
 }
 

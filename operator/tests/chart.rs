@@ -20,7 +20,6 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
@@ -33,16 +32,7 @@ fn helm_bin() -> PathBuf {
     if let Some(h) = std::env::var_os("HELM") {
         return h.into();
     }
-    let out = Command::new(repo_file("hack/build-control-plane.sh"))
-        .arg("--print-bin-dir")
-        .output()
-        .expect("hack/build-control-plane.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm")
+    script_output("hack/build-control-plane.sh", &["--print-bin-dir"]).join("helm")
 }
 
 /// helm with its caches and config under the test's temp dir, and this kubeconfig.
@@ -311,36 +301,6 @@ async fn can(
     r.status.unwrap().allowed
 }
 
-/// A token for `sa` in `ns`, as a kubeconfig file.
-async fn token_kubeconfig(env: &Env, ns: &str, sa: &str) -> PathBuf {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), ns);
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = sas
-        .create_token_request(sa, &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    let mut kc = kube::config::Kubeconfig::read_from(env.cluster.kubeconfig()).unwrap();
-    for user in &mut kc.auth_infos {
-        let auth = user.auth_info.get_or_insert_default();
-        *auth = Default::default();
-        auth.token = Some(token.clone().into());
-    }
-    let path = tmp_dir().join(format!("{ns}-{sa}.kubeconfig"));
-    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
-    path
-}
-
 /// The args the chart gives the operator, for running its process here: the listen address
 /// moved to a free loopback port (the pod's own network is not ours).
 fn chart_args(dep: &Deployment) -> Vec<String> {
@@ -376,7 +336,7 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
 
     // Every option on, checked by the API server without being created: the Prometheus
     // Operator's CRDs first, so the ServiceMonitor, PodMonitor and PrometheusRule are checked too.
-    let monitoring_crds = script_output("hack/monitoring-crds.sh");
+    let monitoring_crds = script_output("hack/monitoring-crds.sh", &[]);
     for kind in ["servicemonitors", "podmonitors", "prometheusrules"] {
         let file = monitoring_crds.join(format!("monitoring.coreos.com_{kind}.yaml"));
         test_cluster::apply_file(&env.client, &file, None)
@@ -515,12 +475,7 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
     env.apply_isvc("resnet", json!({"model": {"name": "resnet50"}}))
         .await;
     let react = Duration::from_secs(60);
-    env.wait_obj::<Deployment>("resnet", "created", react, |_| true)
-        .await;
-    env.wait_obj::<PodDisruptionBudget>("resnet", "created", react, |_| true)
-        .await;
-    env.wait_isvc("resnet", "status written", react, observed_current)
-        .await;
+    env.wait_reconciled("resnet", react).await;
     let log = std::fs::read_to_string(&op.log).unwrap();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -615,14 +570,62 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
 
 // ---- Alerts (files/alerts.yaml) ------------------------------------------------------------
 
-fn script_output(script: &str) -> PathBuf {
-    let out = Command::new(repo_file(script)).output().expect(script);
+/// The path a hack script prints (it fetches or builds the tool once, then answers from cache).
+fn script_output(script: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new(repo_file(script))
+        .args(args)
+        .output()
+        .expect(script);
     assert!(
         out.status.success(),
         "{script}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Where a metric name may come from: the server's and the operator's metric sources, or the
+/// standard exporters the chart README lists.
+struct MetricSources {
+    server: String,
+    operator: String,
+    readme: String,
+}
+
+impl MetricSources {
+    fn load() -> Self {
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        MetricSources {
+            server: read(repo_file("inference/src/metrics.rs")),
+            operator: read(repo_file("operator/src/metrics.rs")),
+            readme: read(chart().join("README.md")),
+        }
+    }
+
+    /// Every metric `expr` names is exported by the server or the operator, or listed.
+    fn check(&self, what: &str, expr: &str) {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let base = ["_bucket", "_total", "_sum", "_count"]
+                .iter()
+                .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+            if let Some(m) = base.strip_prefix("ml_inference_") {
+                assert!(
+                    self.server.contains(&format!("\"ml_inference_{m}")),
+                    "{what}: {word} is not exported by the server"
+                );
+            } else if let Some(m) = base.strip_prefix("inference_operator_") {
+                assert!(
+                    self.operator.contains(&format!("\"{m}\"")),
+                    "{what}: {word} is not exported by the operator"
+                );
+            } else if word.starts_with("kube_") || word.starts_with("container_") {
+                assert!(
+                    self.readme.contains(&format!("`{word}`")),
+                    "{what}: {word} is not listed in the chart README"
+                );
+            }
+        }
+    }
 }
 
 fn alerts() -> Value {
@@ -634,7 +637,7 @@ fn alerts() -> Value {
 /// silent when it should not (tests/alerts_test.yaml).
 #[test]
 fn alerts_pass_promtool_check_and_unit_tests() {
-    let promtool = script_output("hack/promtool.sh");
+    let promtool = script_output("hack/promtool.sh", &[]);
     for args in [
         &["check", "rules", "files/alerts.yaml"][..],
         &["test", "rules", "tests/alerts_test.yaml"][..],
@@ -659,9 +662,7 @@ fn alerts_pass_promtool_check_and_unit_tests() {
 fn every_alert_is_documented_tested_and_on_real_metrics() {
     let runbooks = std::fs::read_to_string(repo_file("docs/runbooks.md")).unwrap();
     let tests = std::fs::read_to_string(chart().join("tests/alerts_test.yaml")).unwrap();
-    let server = std::fs::read_to_string(repo_file("inference/src/metrics.rs")).unwrap();
-    let operator = std::fs::read_to_string(repo_file("operator/src/metrics.rs")).unwrap();
-    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let metrics = MetricSources::load();
     let mut names = BTreeSet::new();
     for group in alerts()["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
@@ -696,32 +697,10 @@ fn every_alert_is_documented_tested_and_on_real_metrics() {
                 "{name}: no promtool unit test"
             );
             assert!(
-                readme.contains(&format!("| {name} |")),
+                metrics.readme.contains(&format!("| {name} |")),
                 "{name}: not in the chart README"
             );
-            // Metric names in the expression.
-            let expr = rule["expr"].as_str().unwrap();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                let base = ["_bucket", "_total", "_sum", "_count"]
-                    .iter()
-                    .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
-                if let Some(m) = base.strip_prefix("ml_inference_") {
-                    assert!(
-                        server.contains(&format!("\"ml_inference_{m}")),
-                        "{name}: {word} is not exported by the server"
-                    );
-                } else if let Some(m) = base.strip_prefix("inference_operator_") {
-                    assert!(
-                        operator.contains(&format!("\"{m}\"")),
-                        "{name}: {word} is not exported by the operator"
-                    );
-                } else if word.starts_with("kube_") {
-                    assert!(
-                        readme.contains(&format!("`{word}`")),
-                        "{name}: {word} is not listed in the chart README"
-                    );
-                }
-            }
+            metrics.check(name, rule["expr"].as_str().unwrap());
         }
     }
     assert!(names.len() >= 12, "{names:?}");
@@ -826,37 +805,18 @@ fn the_dashboard_is_well_formed() {
 fn every_dashboard_query_parses_and_names_real_metrics() {
     let (_, d) = dashboard();
     let queries = dashboard_queries(&d);
-    let server = std::fs::read_to_string(repo_file("inference/src/metrics.rs")).unwrap();
-    let operator = std::fs::read_to_string(repo_file("operator/src/metrics.rs")).unwrap();
-    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let metrics = MetricSources::load();
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, (what, expr)) in queries.iter().enumerate() {
         rules.push_str(&format!(
             "      - record: dashboard:query{i}\n        expr: {}\n",
             serde_json::to_string(expr).unwrap()
         ));
-        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            let base = ["_bucket", "_total", "_sum", "_count"]
-                .iter()
-                .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
-            if let Some(m) = base.strip_prefix("ml_inference_") {
-                assert!(
-                    server.contains(&format!("\"ml_inference_{m}")),
-                    "{what}: {word}"
-                );
-            } else if let Some(m) = base.strip_prefix("inference_operator_") {
-                assert!(operator.contains(&format!("\"{m}\"")), "{what}: {word}");
-            } else if word.starts_with("kube_") || word.starts_with("container_") {
-                assert!(
-                    readme.contains(&format!("`{word}`")),
-                    "{what}: {word} not in the chart README"
-                );
-            }
-        }
+        metrics.check(what, expr);
     }
     let file = tmp_dir().join(format!("dashboard-rules-{}.yaml", std::process::id()));
     std::fs::write(&file, rules).unwrap();
-    let out = Command::new(script_output("hack/promtool.sh"))
+    let out = Command::new(script_output("hack/promtool.sh", &[]))
         .args(["check", "rules"])
         .arg(&file)
         .output()

@@ -7,14 +7,11 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
+use test_cluster::podman::{RESTRICTED, Removed, podman, text};
 
 fn image() -> String {
     std::env::var("OPERATOR_IMAGE").unwrap_or_else(|_| {
@@ -23,37 +20,6 @@ fn image() -> String {
             env!("CARGO_PKG_VERSION")
         )
     })
-}
-
-fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .args(args)
-        .env("CONTAINERS_CONF", containers_conf())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("podman cannot run ({e}): `make deps` installs it"))
-}
-
-/// The project's podman settings (runc, rlimits within the sandbox's, networks in 198.18/15),
-/// unless the caller chose others.
-fn containers_conf() -> std::ffi::OsString {
-    std::env::var_os("CONTAINERS_CONF").unwrap_or_else(|| {
-        test_cluster::workspace_root()
-            .join("hack/containers/containers.conf")
-            .into()
-    })
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = podman(&["rm", "-f", "-t", "0", &self.0]);
-    }
 }
 
 #[tokio::test]
@@ -82,24 +48,9 @@ async fn the_operator_image_reconciles_as_non_root() {
     );
     let _ = podman(&["rm", "-f", &name]);
     // Host network: the control plane listens on loopback. Nothing is published.
-    let out = podman(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "host",
-        "--read-only",
-        "--user",
-        "65532:65532",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
+    let mut args = vec!["run", "-d", "--name", &name, "--network", "host"];
+    args.extend(RESTRICTED);
+    args.extend([
         "-v",
         &mount,
         "-e",
@@ -116,8 +67,9 @@ async fn the_operator_image_reconciles_as_non_root() {
         "--default-image",
         DEFAULT_IMAGE,
     ]);
+    let out = podman(&args);
     assert!(out.status.success(), "podman run: {}", text(&out.stderr));
-    let container = Container(name.clone());
+    let container = Removed(name.clone());
     let logs = || {
         let o = podman(&["logs", &name]);
         format!("{}\n{}", text(&o.stdout), text(&o.stderr))
@@ -132,15 +84,7 @@ async fn the_operator_image_reconciles_as_non_root() {
 
     env.apply_isvc("resnet", json!({"model": {"name": "resnet50"}}))
         .await;
-    let react = Duration::from_secs(60);
-    env.wait_obj::<Deployment>("resnet", "created", react, |_| true)
-        .await;
-    env.wait_obj::<Service>("resnet", "created", react, |_| true)
-        .await;
-    env.wait_obj::<PodDisruptionBudget>("resnet", "created", react, |_| true)
-        .await;
-    env.wait_isvc("resnet", "status written", react, observed_current)
-        .await;
+    env.wait_reconciled("resnet", Duration::from_secs(60)).await;
 
     let health = ureq::get(format!("http://{listen}/healthz")).call();
     assert!(health.is_ok_and(|r| r.status() == 200), "{}", logs());
@@ -160,14 +104,6 @@ async fn the_operator_image_reconciles_as_non_root() {
     drop(container);
     let _ = std::fs::remove_file(&kubeconfig);
     env.finish().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `ARG VERSION=` in Dockerfile.operator is the workspace version, and so is the tag of the

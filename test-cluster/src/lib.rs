@@ -18,6 +18,8 @@
 //! Logs (control plane, local-node, pod processes) are copied to `<state dir>-logs` when a test
 //! panics while owning a [`Cluster`], or always with `TEST_CLUSTER_KEEP_LOGS=1`.
 
+pub mod podman;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

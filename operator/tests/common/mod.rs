@@ -195,6 +195,19 @@ impl Env {
     }
 
     /// Waits until the object exists and satisfies `f`.
+    /// Waits until the operator has made `name`'s Deployment, Service and PDB and written a
+    /// current status.
+    pub async fn wait_reconciled(&self, name: &str, timeout: Duration) {
+        self.wait_obj::<Deployment>(name, "created", timeout, |_| true)
+            .await;
+        self.wait_obj::<Service>(name, "created", timeout, |_| true)
+            .await;
+        self.wait_obj::<PodDisruptionBudget>(name, "created", timeout, |_| true)
+            .await;
+        self.wait_isvc(name, "status written", timeout, observed_current)
+            .await;
+    }
+
     pub async fn wait_obj<K>(
         &self,
         name: &str,
@@ -387,7 +400,7 @@ pub fn merge(a: &mut Value, b: Value) {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -721,12 +734,19 @@ pub fn rs_image(r: &ReplicaSet) -> String {
 /// A kubeconfig for the ServiceAccount `operator` of `ns`: the cluster's server and CA, a
 /// bound token instead of the admin's client certificate.
 pub async fn service_account_kubeconfig(env: &Env) -> PathBuf {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     let sas: Api<ServiceAccount> = env.api();
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
+    token_kubeconfig(env, &env.ns, "operator").await
+}
+
+/// A kubeconfig for the cluster with a one-hour token of ServiceAccount `sa` in `ns`.
+pub async fn token_kubeconfig(env: &Env, ns: &str, sa: &str) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), ns);
     let tr = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![],
@@ -736,7 +756,7 @@ pub async fn service_account_kubeconfig(env: &Env) -> PathBuf {
         ..Default::default()
     };
     let token = sas
-        .create_token_request("operator", &PostParams::default(), &tr)
+        .create_token_request(sa, &PostParams::default(), &tr)
         .await
         .expect("a token for the ServiceAccount")
         .status
@@ -748,7 +768,7 @@ pub async fn service_account_kubeconfig(env: &Env) -> PathBuf {
         *auth = Default::default();
         auth.token = Some(token.clone().into());
     }
-    let path = tmp_dir().join(format!("{}-operator.kubeconfig", env.ns));
+    let path = tmp_dir().join(format!("{ns}-{sa}.kubeconfig"));
     std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
     path
 }
