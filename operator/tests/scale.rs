@@ -121,11 +121,13 @@ async fn watch_until_reconciled(
     use kube::runtime::watcher::{self, Event};
     use std::collections::{HashMap, HashSet};
     enum Seen {
-        Isvc(Event<InferenceService>),
-        Dep(Event<PartialObjectMeta<Deployment>>),
+        Isvc(Box<Event<InferenceService>>),
+        Dep(Box<Event<PartialObjectMeta<Deployment>>>),
     }
-    let a = watcher::watcher(isvcs.clone(), Default::default()).map(|e| e.map(Seen::Isvc));
-    let b = watcher::watcher(deployments.clone(), Default::default()).map(|e| e.map(Seen::Dep));
+    let a = watcher::watcher(isvcs.clone(), Default::default())
+        .map(|e| e.map(|e| Seen::Isvc(Box::new(e))));
+    let b = watcher::watcher(deployments.clone(), Default::default())
+        .map(|e| e.map(|e| Seen::Dep(Box::new(e))));
     let mut events = std::pin::pin!(futures::stream::select(a, b));
     let mut current: HashMap<String, bool> = HashMap::new();
     let mut deps: HashSet<String> = HashSet::new();
@@ -140,18 +142,24 @@ async fn watch_until_reconciled(
             _ => return done(&current),
         };
         match next {
-            Ok(Seen::Isvc(Event::Apply(i) | Event::InitApply(i))) => {
-                current.insert(i.name_any(), observed_current(&i));
-            }
-            Ok(Seen::Isvc(Event::Delete(i))) => {
-                current.remove(&i.name_any());
-            }
-            Ok(Seen::Dep(Event::Apply(d) | Event::InitApply(d))) => {
-                deps.insert(d.name_any());
-            }
-            Ok(Seen::Dep(Event::Delete(d))) => {
-                deps.remove(&d.name_any());
-            }
+            Ok(Seen::Isvc(e)) => match *e {
+                Event::Apply(i) | Event::InitApply(i) => {
+                    current.insert(i.name_any(), observed_current(&i));
+                }
+                Event::Delete(i) => {
+                    current.remove(&i.name_any());
+                }
+                _ => {}
+            },
+            Ok(Seen::Dep(e)) => match *e {
+                Event::Apply(d) | Event::InitApply(d) => {
+                    deps.insert(d.name_any());
+                }
+                Event::Delete(d) => {
+                    deps.remove(&d.name_any());
+                }
+                _ => {}
+            },
             _ => {}
         }
     }
