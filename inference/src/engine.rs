@@ -19,14 +19,39 @@ use crate::model::{INPUT_LEN, Model};
 
 /// Anything that maps a flat (n, 3, 224, 224) batch to flat (n, classes) logits.
 pub trait BatchModel: Send + 'static {
-    fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>>;
+    fn forward(&mut self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>>;
+    /// The batch as its requests brought it, one piece each, in order: a model that copies the
+    /// input into buffers of its own anyway (the GPU's pinned memory) skips joining them first.
+    fn forward_parts(&mut self, mut parts: Vec<Vec<f32>>, n: usize) -> anyhow::Result<Vec<f32>> {
+        let input = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            parts.concat()
+        };
+        self.forward(input, n)
+    }
     fn classes(&self) -> usize;
 }
 
 /// The server's network, batch in, logits out.
 impl BatchModel for Model {
-    fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+    fn forward(&mut self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
         Ok(self.forward_flat(input, n)?)
+    }
+    fn classes(&self) -> usize {
+        NUM_CLASSES
+    }
+}
+
+/// One lane of the cuDNN network: a model thread of its own.
+#[cfg(feature = "cuda")]
+impl BatchModel for crate::model::gpu::cudnn::Lane {
+    fn forward(&mut self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        self.forward_parts(&[&input], n)
+    }
+    fn forward_parts(&mut self, parts: Vec<Vec<f32>>, n: usize) -> anyhow::Result<Vec<f32>> {
+        let parts: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+        crate::model::gpu::cudnn::Lane::forward_parts(self, &parts, n)
     }
     fn classes(&self) -> usize {
         NUM_CLASSES
@@ -41,6 +66,11 @@ pub struct EngineConfig {
     pub queue_timeout: Duration,
     /// The model computes on the same cores as preprocessing (the CPU device): see [`CpuTurns`].
     pub shares_cpu: bool,
+    /// With several model threads (GPU lanes): while another thread's batch runs, a thread
+    /// that has a batch short of `max_batch` waits up to this long for more requests before
+    /// starting it. The GPU is busy anyway, and a fuller batch costs little more than a small
+    /// one; a thread that finds the GPU idle starts at once.
+    pub lane_wait: Duration,
 }
 
 /// Preprocessing and the CPU forward pass take turns on the cores.
@@ -268,8 +298,20 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(model: Box<dyn BatchModel>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        Self::start_lanes(vec![model], cfg, metrics)
+    }
+
+    /// One model thread per model, all taking batches from the one queue (GPU lanes: while one
+    /// thread copies and answers, another's batch runs).
+    pub fn start_lanes(
+        models: Vec<Box<dyn BatchModel>>,
+        cfg: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        assert!(!models.is_empty(), "an engine needs a model");
         let (tx, rx) = sync_channel(cfg.max_queue);
-        let classes = model.classes();
+        let rx = Arc::new(Mutex::new(rx));
+        let classes = models[0].classes();
         let m = metrics.clone();
         let turns = cfg.shares_cpu.then(Arc::<CpuTurns>::default);
         let (pending, queued) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
@@ -277,16 +319,29 @@ impl Engine {
             pending: pending.clone(),
             queued: queued.clone(),
         };
-        let t = turns.clone();
         let health = Arc::<ModelHealth>::default();
-        let guard = StopGuard(health.clone());
-        std::thread::Builder::new()
-            .name("model".into())
-            .spawn(move || {
-                let guard = guard; // dropped when the thread ends, by return or by panic
-                run(model, rx, cfg, m, (t, counts), &guard.0)
-            })
-            .expect("spawn the model thread");
+        let lanes = models.len();
+        let busy = Arc::<AtomicUsize>::default();
+        for (i, model) in models.into_iter().enumerate() {
+            let guard = StopGuard(health.clone());
+            let (t, m, rx) = (turns.clone(), m.clone(), rx.clone());
+            let counts = Lanes {
+                counts: counts.clone(),
+                busy: busy.clone(),
+            };
+            let name = if lanes == 1 {
+                "model".to_string()
+            } else {
+                format!("model-{i}")
+            };
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let guard = guard; // dropped when the thread ends, by return or by panic
+                    run(model, &rx, cfg, m, (t, counts), &guard.0)
+                })
+                .expect("spawn the model thread");
+        }
         Self {
             tx,
             pending,
@@ -431,7 +486,14 @@ impl Engine {
     }
 }
 
+/// What a model thread shares with the others: the request counts, and how many batches run.
+struct Lanes {
+    counts: Counts,
+    busy: Arc<AtomicUsize>,
+}
+
 /// The engine's request counts, as the model thread sees them.
+#[derive(Clone)]
 struct Counts {
     pending: Arc<AtomicUsize>,
     queued: Arc<AtomicUsize>,
@@ -455,18 +517,21 @@ impl Counts {
     }
 }
 
-/// The model thread: collect a batch, run it, fan the logits back out.
+/// A model thread: collect a batch, run it, fan the logits back out. With several threads the
+/// queue's lock is held while a batch is collected, so each batch is whole.
 fn run(
-    model: Box<dyn BatchModel>,
-    rx: Receiver<Job>,
+    mut model: Box<dyn BatchModel>,
+    rx: &Mutex<Receiver<Job>>,
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
-    (turns, counts): (Option<Arc<CpuTurns>>, Counts),
+    (turns, lanes): (Option<Arc<CpuTurns>>, Lanes),
     health: &ModelHealth,
 ) {
+    let counts = &lanes.counts;
     let mut carry: Option<Job> = None;
     let mut last_batch = 0;
     loop {
+        let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
         let first = match carry.take() {
             Some(job) => job,
             None => {
@@ -499,6 +564,16 @@ fn run(
             }
             turns.forward()
         });
+        // Another thread's batch is running: gather a fuller batch while it does.
+        if !cfg.lane_wait.is_zero() && lanes.busy.load(Ordering::Acquire) > 0 {
+            let deadline = Instant::now() + cfg.lane_wait;
+            while first.n + counts.queued() < cfg.max_batch
+                && lanes.busy.load(Ordering::Acquire) > 0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
         let mut jobs = Vec::new();
         let mut images = 0;
         for job in std::iter::once(first).chain(std::iter::from_fn(|| match rx.try_recv() {
@@ -526,35 +601,33 @@ fn run(
                 break;
             }
         }
+        drop(rx);
         if jobs.is_empty() {
             continue;
         }
         last_batch = images;
-        run_batch(model.as_ref(), jobs, images, &metrics, health);
+        lanes.busy.fetch_add(1, Ordering::AcqRel);
+        run_batch(model.as_mut(), jobs, images, &metrics, health);
+        lanes.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Runs one batch and answers its requests. Health is updated first, so a client that sees its
 /// answer sees the health that answer implies.
 fn run_batch(
-    model: &dyn BatchModel,
+    model: &mut dyn BatchModel,
     mut jobs: Vec<Job>,
     images: usize,
     metrics: &Metrics,
     health: &ModelHealth,
 ) {
     let started = Instant::now();
-    let input = if jobs.len() == 1 {
-        std::mem::take(&mut jobs[0].input)
-    } else {
-        let mut buf = Vec::with_capacity(images * INPUT_LEN);
-        for job in &mut jobs {
-            buf.append(&mut job.input);
-        }
-        buf
-    };
+    let parts: Vec<Vec<f32>> = jobs
+        .iter_mut()
+        .map(|j| std::mem::take(&mut j.input))
+        .collect();
     // A panic inside the model must not take the thread (and so the server) down.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(input, images)))
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward_parts(parts, images)))
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
     let model_seconds = started.elapsed().as_secs_f64();
     metrics.model_seconds.observe(model_seconds);
@@ -609,7 +682,7 @@ mod tests {
     }
 
     impl BatchModel for Recorder {
-        fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        fn forward(&mut self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
             self.batches.lock().unwrap().push(n);
             std::thread::sleep(self.delay);
             Ok((0..n).flat_map(|i| [input[i * INPUT_LEN], 0.0]).collect())
@@ -635,6 +708,7 @@ mod tests {
             max_queue,
             queue_timeout: Duration::from_secs(10),
             shares_cpu: true,
+            lane_wait: Duration::ZERO,
         };
         let engine = Engine::start(Box::new(model), cfg, Arc::new(Metrics::new()));
         (Arc::new(engine), batches)
@@ -667,11 +741,59 @@ mod tests {
         assert!(b.len() < 9, "nothing was batched: {b:?}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lanes_share_the_queue_and_each_answer_reaches_its_request() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let lane = || -> Box<dyn BatchModel> {
+            Box::new(Recorder {
+                batches: batches.clone(),
+                delay: Duration::from_millis(100),
+            })
+        };
+        let cfg = EngineConfig {
+            max_batch: 4,
+            max_queue: 64,
+            queue_timeout: Duration::from_secs(10),
+            shares_cpu: false,
+            lane_wait: Duration::from_millis(5),
+        };
+        let engine = Arc::new(Engine::start_lanes(
+            vec![lane(), lane()],
+            cfg,
+            Arc::new(Metrics::new()),
+        ));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let e = engine.clone();
+                tokio::spawn(async move { (i, e.infer(image(i as f32), 1).await.unwrap()) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, out) = t.await.unwrap();
+            assert_eq!(
+                out.logits,
+                vec![i as f32, 0.0],
+                "request {i} got another's answer"
+            );
+        }
+        let b = batches.lock().unwrap().clone();
+        assert_eq!(b.iter().sum::<usize>(), 16);
+        assert!(b.iter().all(|&n| n <= 4), "batch over max_batch: {b:?}");
+        // 16 images in batches of at most 4 at 100 ms each: one thread alone needs >= 400 ms,
+        // two side by side ~200 ms.
+        assert!(
+            started.elapsed() < Duration::from_millis(380),
+            "the two threads did not run batches side by side: {:?} for {b:?}",
+            started.elapsed()
+        );
+    }
+
     /// Fails the forward passes whose first value is negative; panics in `classes` once told to.
     struct Flaky(Arc<AtomicBool>);
 
     impl BatchModel for Flaky {
-        fn forward(&self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
+        fn forward(&mut self, input: Vec<f32>, n: usize) -> anyhow::Result<Vec<f32>> {
             anyhow::ensure!(input[0] >= 0.0, "bad pass");
             Ok(vec![0.0; n * 2])
         }
@@ -689,6 +811,7 @@ mod tests {
             max_queue: 4,
             queue_timeout: Duration::from_secs(10),
             shares_cpu: false,
+            lane_wait: Duration::ZERO,
         };
         let engine = Engine::start(Box::new(Flaky(die.clone())), cfg, Arc::new(Metrics::new()));
         assert_eq!(engine.health().check(3), Ok(()));
