@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Source this to build the `cuda` feature on a machine without a CUDA toolkit: installs nvcc and
-# the CUDA runtime/cuBLAS/cuRAND from PyPI's split wheels into ~/.cache (once), and sets
+# the CUDA runtime/cuBLAS/cuRAND from PyPI's split wheels into ~/.cache (once), links against
+# stubs of the driver and of cuDNN, and sets
 # PATH / CUDA_COMPUTE_CAP / library paths.
 # CUDA_TOOLKIT_VERSION (default 13.0) sets the oldest driver the binary runs on: candle's kernels
 # ship as PTX, and a driver refuses PTX newer than itself (CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
@@ -34,6 +35,16 @@ if [ ! -e "$stubs/libcuda.so" ]; then
   if [ -z "$sys" ]; then cargo fetch -q && sys=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19*/src/driver/sys/mod.rs | tail -1); fi
   grep -ohE 'pub unsafe fn cu[A-Z][A-Za-z0-9_]*' "$sys" | sort -u | sed 's/pub unsafe fn \(.*\)/void \1(void) {}/' > "$stubs/stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/stub.c"
+fi
+# cuDNN (the `cuda` feature's engine links libcudnn.so.9): the same kind of stub, from the
+# entry points cudarc's cuDNN bindings declare; the real library comes from NVIDIA's cuDNN 9
+# package on the GPU node (the nvidia/cuda *-cudnn-runtime images, or PyPI's nvidia-cudnn-cu13),
+# so its 500 MB wheel is not needed to build.
+if [ ! -e "$stubs/libcudnn.so" ]; then
+  dnn=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19*/src/cudnn/sys/mod.rs 2>/dev/null | tail -1)
+  if [ -z "$dnn" ]; then cargo fetch -q && dnn=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19*/src/cudnn/sys/mod.rs | tail -1); fi
+  grep -ohE 'fn cudnn[A-Za-z0-9_]*' "$dnn" | sort -u | sed 's/fn \(.*\)/void \1(void) {}/' > "$stubs/stub-cudnn.c"
+  gcc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$stubs/libcudnn.so" "$stubs/stub-cudnn.c"
 fi
 export PATH=$cu/bin:$PATH
 export CUDA_HOME=$cu CUDA_PATH=$cu

@@ -11,7 +11,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // A lower pixel cap than the server's keeps each run fast; the check itself is what is fuzzed.
-    let limits = preprocess::DecodeLimits { max_pixels: 4_000_000 };
+    let limits = preprocess::DecodeLimits {
+        max_pixels: 4_000_000,
+        ..Default::default()
+    };
     if let Ok(t) = preprocess::preprocess(data, &limits) {
         assert_eq!(t.len(), preprocess::INPUT_LEN);
         assert!(t.iter().all(|v| v.is_finite()));

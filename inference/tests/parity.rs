@@ -225,3 +225,71 @@ fn f16_candle_network_keeps_torchvision_top5() {
     }
     println!("{}", report.join("\n"));
 }
+
+/// The GPU server's default for large JPEGs (`JPEG_DCT_SCALING`): a photo whose shorter side is
+/// at least 1024 decodes at a reduced size in libjpeg's DCT, then takes the same antialiased
+/// resize. Not PIL's pixels any more: this measures how far from torchvision it lands (the
+/// input, in uint8 levels, and the logits on the f32 network) and requires torchvision's top-5.
+#[test]
+fn dct_scaled_decode_stays_near_torchvision() {
+    let model = model();
+    let scaled = DecodeLimits {
+        jpeg_min_side: 2 * preprocess::RESIZE_SHORT_SIDE,
+        ..DecodeLimits::default()
+    };
+    let mut report = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let probe = preprocess::probe(&case.bytes, &scaled).unwrap();
+        let num = preprocess::decode::dct_scale(probe.width, probe.height, scaled.jpeg_min_side);
+        if num == 8 {
+            // Below 1024 on the shorter side: decoded as before, pixel for pixel.
+            assert_eq!(
+                preprocess::preprocess(&case.bytes, &scaled).unwrap(),
+                preprocess::preprocess(&case.bytes, &DecodeLimits::default()).unwrap(),
+                "{}: not scaled, yet different",
+                case.file
+            );
+            continue;
+        }
+        checked += 1;
+        let full = preprocess::preprocess(&case.bytes, &DecodeLimits::default()).unwrap();
+        let input = preprocess::preprocess(&case.bytes, &scaled).unwrap();
+        // Back to uint8 levels: normalised value × std × 255 (std ≥ 0.224).
+        let levels: Vec<f32> = full
+            .iter()
+            .zip(&input)
+            .enumerate()
+            .map(|(i, (a, b))| {
+                (a - b).abs() * [0.229, 0.224, 0.225][i / (INPUT_SIZE * INPUT_SIZE)] * 255.0
+            })
+            .collect();
+        let mean = levels.iter().sum::<f32>() / levels.len() as f32;
+        let max = levels.iter().fold(0f32, |m, &v| m.max(v));
+        let logits = model.forward_flat(input, 1).unwrap();
+        let diff = max_abs_diff(&logits, &case.expected);
+        report.push(format!(
+            "{} ({}x{} decoded at {num}/8): input mean |Δ| {mean:.2} levels, max {max:.1}; max|Δlogit| {diff:.2e}",
+            case.file, probe.width, probe.height
+        ));
+        assert_eq!(
+            top5(&logits),
+            case.top5,
+            "{}: DCT scaling changes the top-5",
+            case.file
+        );
+        // Measured: see the report (README, "GPU engine"); a wrong scale (1/8 instead of 1/4)
+        // or a decode at the wrong size is far larger.
+        assert!(
+            mean < 1.5,
+            "{}: input moved by {mean} levels on average",
+            case.file
+        );
+        assert!(diff <= 0.1, "{}: max |Δlogit| {diff}", case.file);
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        checked > 0,
+        "no fixture photo is large enough to be scaled: nothing was measured"
+    );
+}

@@ -44,8 +44,8 @@ pub async fn version(state: web::Data<AppState>) -> HttpResponse {
         "cuda_build": cfg!(feature = "cuda"),
         "implementation": weights.map(|w| w.implementation),
         "isa": weights.and_then(|w| w.isa),
-        "max_batch_size": state.args.max_batch_size,
-        "max_queue": state.args.max_queue,
+        "max_batch_size": state.args.max_batch(state.on_gpu()),
+        "max_queue": state.args.max_queue(state.on_gpu()),
         "weights": weights.map(|w| json!({
             "sha256": w.sha256,
             "random": w.random_seed.is_some(),

@@ -10,7 +10,7 @@ use candle_core::Device;
 
 use super::state::{AppState, Phase, WeightsInfo};
 use super::{ops, peer, predict, v2};
-use crate::config::{GpuDtype, ServeArgs, num_cpus};
+use crate::config::{DctScaling, GpuDtype, GpuEngine, ServeArgs, num_cpus};
 use crate::engine::{BatchModel, Engine, EngineConfig};
 use crate::model::cpu::isa::Isa;
 use crate::model::device::{device_name, select_device};
@@ -20,7 +20,15 @@ use crate::model::{INPUT_LEN, Model, weights};
 fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
     let started = Instant::now();
     let args = &state.args;
-    let w = weights::load(&args.model_path, &device)?;
+    let gpu = !matches!(device, Device::Cpu);
+    let max_batch = args.max_batch(gpu);
+    // The cuDNN engine folds and packs the weights on the host itself.
+    let load_on = if use_cudnn(args, &device) {
+        Device::Cpu
+    } else {
+        device.clone()
+    };
+    let w = weights::load(&args.model_path, &load_on)?;
     if let Some(seed) = &w.random_seed {
         tracing::warn!(
             seed = %seed,
@@ -32,9 +40,7 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
         GpuDtype::F16 => candle_core::DType::F16,
         GpuDtype::F32 => candle_core::DType::F32,
     };
-    let model = Model::with_gpu_dtype(&w, &device, gpu_dtype).map_err(|e| {
-        anyhow::anyhow!("{}: cannot build ResNet50: {e}", args.model_path.display())
-    })?;
+    let mut model = build_model(args, &device, &w, gpu_dtype, max_batch)?;
     tracing::info!(implementation = model.implementation(), "model built");
     model
         .forward(vec![0.0; INPUT_LEN], 1)
@@ -52,18 +58,106 @@ fn load_model(state: &AppState, device: Device) -> anyhow::Result<()> {
         info.isa.unwrap_or(""),
     );
     let cfg = EngineConfig {
-        max_batch: args.max_batch_size as usize,
-        max_queue: args.max_queue as usize,
+        max_batch,
+        max_queue: args.max_queue(gpu),
         queue_timeout: Duration::from_secs_f64(args.queue_timeout_seconds),
-        shares_cpu: matches!(device, Device::Cpu),
+        shares_cpu: !gpu,
+        lane_wait: if gpu {
+            Duration::from_secs_f64(args.gpu_batch_wait_ms / 1e3)
+        } else {
+            Duration::ZERO
+        },
     };
+    let models = model_threads(model, args.gpu_lanes as usize)?;
+    tracing::info!(
+        threads = models.len(),
+        max_batch,
+        "starting the model threads"
+    );
     let _ = state
         .engine
-        .set(Engine::start(Box::new(model), cfg, state.metrics.clone()));
+        .set(Engine::start_lanes(models, cfg, state.metrics.clone()));
     let secs = started.elapsed().as_secs_f64();
     state.metrics.model_load_seconds.set(secs);
     tracing::info!(seconds = secs, "model loaded and warmed up; ready");
     Ok(())
+}
+
+/// Whether the GPU network is the cuDNN one (GPU_ENGINE, on a CUDA build and device, f16).
+fn use_cudnn(args: &ServeArgs, device: &Device) -> bool {
+    cfg!(feature = "cuda")
+        && matches!(device, Device::Cuda(_))
+        && args.gpu_engine != GpuEngine::Candle
+        && args.gpu_dtype == GpuDtype::F16
+}
+
+/// The network for `device`: on a GPU the cuDNN engine unless GPU_ENGINE says candle; with
+/// GPU_ENGINE=auto a cuDNN that cannot start falls back to candle, loudly.
+fn build_model(
+    args: &ServeArgs,
+    device: &Device,
+    w: &weights::Weights,
+    gpu_dtype: candle_core::DType,
+    max_batch: usize,
+) -> anyhow::Result<Model> {
+    let built = |w: &weights::Weights| {
+        Model::with_gpu_dtype(w, device, gpu_dtype).map_err(|e| {
+            anyhow::anyhow!("{}: cannot build ResNet50: {e}", args.model_path.display())
+        })
+    };
+    if !use_cudnn(args, device) {
+        if args.gpu_engine == GpuEngine::Cudnn && !matches!(device, Device::Cpu) {
+            anyhow::bail!("GPU_ENGINE=cudnn needs GPU_DTYPE=f16 and a CUDA build");
+        }
+        return built(w);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let opts = crate::model::gpu::cudnn::GpuOptions {
+            graphs: args.gpu_graphs,
+            ..Default::default()
+        };
+        match Model::cudnn(w, 0, opts, max_batch) {
+            Ok(m) => {
+                tracing::info!(libraries = %crate::model::gpu::cudnn::versions(), "cuDNN engine built");
+                return Ok(m);
+            }
+            Err(e) if args.gpu_engine == GpuEngine::Auto => {
+                tracing::warn!(error = %format!("{e:#}"), "the cuDNN engine cannot start (GPU_ENGINE=auto): falling back to candle's kernels, several times slower");
+                let w = weights::load(&args.model_path, device)?;
+                return built(&w);
+            }
+            Err(e) => return Err(e.context("GPU_ENGINE=cudnn")),
+        }
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = max_batch;
+        built(w)
+    }
+}
+
+/// The model threads the engine runs: one, or on the cuDNN engine `lanes` of them.
+fn model_threads(model: Model, lanes: usize) -> anyhow::Result<Vec<Box<dyn BatchModel>>> {
+    #[cfg(feature = "cuda")]
+    if let Model::Cudnn {
+        net,
+        lane,
+        max_batch,
+    } = model
+    {
+        let first = lane.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Box<dyn BatchModel>> = vec![Box::new(first)];
+        for _ in 1..lanes.max(1) {
+            out.push(Box::new(crate::model::gpu::cudnn::Lane::new(
+                net.clone(),
+                max_batch,
+            )?));
+        }
+        return Ok(out);
+    }
+    let _ = lanes;
+    Ok(vec![Box::new(model)])
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
@@ -104,7 +198,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let grace = Duration::from_secs_f64(args.shutdown_grace_seconds);
     let stop_timeout = args.shutdown_timeout_seconds;
-    let state = web::Data::new(AppState::new(args));
+    let dct_scaling = args.jpeg_dct_scaling == DctScaling::On;
+    let mut app = AppState::new(args);
+    if dct_scaling {
+        // Large JPEGs decode at a reduced size; the resize still does the last 2x or more.
+        app.decode_limits.jpeg_min_side = 2 * crate::preprocess::RESIZE_SHORT_SIDE;
+    }
+    let state = web::Data::new(app);
     let _ = state.device.set(device_name(&device));
     tracing::info!(address = %addr, device = state.device_name(), "listening on http://{addr}");
 

@@ -55,6 +55,7 @@ impl AppState {
         Self {
             decode_limits: DecodeLimits {
                 max_pixels: args.max_image_pixels,
+                jpeg_min_side: 0, // set by the server once the device is known
             },
             decode_gate: DecodeGate::new(
                 match args.decode_threads {
@@ -88,5 +89,10 @@ impl AppState {
 
     pub fn device_name(&self) -> &str {
         self.device.get().map(String::as_str).unwrap_or("pending")
+    }
+
+    /// Whether the model runs on a GPU (its batch and queue defaults are larger).
+    pub fn on_gpu(&self) -> bool {
+        self.device.get().is_some_and(|d| d != "cpu")
     }
 }

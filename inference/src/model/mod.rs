@@ -11,6 +11,7 @@ pub mod candle;
 pub mod cpu;
 pub mod device;
 pub mod fold;
+pub mod gpu;
 pub mod labels;
 pub mod weights;
 
@@ -24,7 +25,17 @@ pub use crate::preprocess::{INPUT_LEN, INPUT_SIZE};
 /// What the server runs: the NHWC network ([`cpu`]) on the CPU, the candle network on a GPU.
 pub enum Model {
     Cpu(Box<CpuResNet50>),
-    Candle { net: ResNet50, device: Device },
+    Candle {
+        net: ResNet50,
+        device: Device,
+    },
+    /// The cuDNN plan ([`gpu`]): one lane here; the engine gets more from [`Model::lanes`].
+    #[cfg(feature = "cuda")]
+    Cudnn {
+        net: std::sync::Arc<gpu::cudnn::GpuNet>,
+        lane: Box<std::sync::Mutex<gpu::cudnn::Lane>>,
+        max_batch: usize,
+    },
 }
 
 impl Model {
@@ -54,7 +65,30 @@ impl Model {
                 Ok(net.forward(&input, n))
             }
             Self::Candle { net, device } => self::candle::forward_flat(net, input, n, device),
+            #[cfg(feature = "cuda")]
+            Self::Cudnn { lane, .. } => lane
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forward_parts(&[&input], n)
+                .map_err(|e| candle_core::Error::Msg(format!("{e:#}"))),
         }
+    }
+
+    /// The cuDNN network on GPU `ordinal` for batches of up to `max_batch` (`w` on the CPU).
+    #[cfg(feature = "cuda")]
+    pub fn cudnn(
+        w: &Weights,
+        ordinal: usize,
+        opts: gpu::cudnn::GpuOptions,
+        max_batch: usize,
+    ) -> anyhow::Result<Self> {
+        let net = gpu::cudnn::GpuNet::new(w, ordinal, opts)?;
+        let lane = gpu::cudnn::Lane::new(net.clone(), max_batch)?;
+        Ok(Self::Cudnn {
+            net,
+            lane: Box::new(std::sync::Mutex::new(lane)),
+            max_batch,
+        })
     }
 
     /// Which implementation runs, for logs and /version.
@@ -63,6 +97,8 @@ impl Model {
             Self::Cpu(_) => "cpu-nhwc",
             Self::Candle { net, .. } if net.dtype() == DType::F16 => "candle-f16",
             Self::Candle { .. } => "candle",
+            #[cfg(feature = "cuda")]
+            Self::Cudnn { .. } => "cudnn-f16",
         }
     }
 }

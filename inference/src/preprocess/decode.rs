@@ -9,14 +9,38 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 pub struct DecodeLimits {
     /// Largest decoded image accepted (width × height): the decompression-bomb guard.
     pub max_pixels: u64,
+    /// 0: JPEGs decode at full size, pixel for pixel as PIL. Else a JPEG whose shorter side is
+    /// at least twice this is decoded at 1/2, 1/4 or 1/8 scale in libjpeg's DCT (as PIL's
+    /// `Image.draft` does), the smallest that keeps the shorter side at least this long: the
+    /// decode of a 2048×2048 photo costs a third, and the antialiased resize still makes the
+    /// last reduction of 2× or more. See [`dct_scale`].
+    pub jpeg_min_side: u32,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_pixels: 40_000_000,
+            jpeg_min_side: 0,
         }
     }
+}
+
+/// libjpeg's scale numerator (out of 8) for a `width`×`height` JPEG whose decoded shorter side
+/// must stay at least `min_side` (0: no scaling, 8). Only 1, 2 and 4: the power-of-two scaled
+/// IDCTs are the cheap ones.
+pub fn dct_scale(width: u32, height: u32, min_side: u32) -> u8 {
+    if min_side == 0 {
+        return 8;
+    }
+    let short = u64::from(width.min(height));
+    for num in [1u8, 2, 4] {
+        // libjpeg rounds scaled sizes up.
+        if (short * u64::from(num)).div_ceil(8) >= u64::from(min_side) {
+            return num;
+        }
+    }
+    8
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -61,6 +85,8 @@ pub struct Probe {
     pub decode_bytes: u64,
     /// JPEG: the bytes up to its end-of-image marker (what is decoded).
     jpeg_end: Option<usize>,
+    /// [`DecodeLimits::jpeg_min_side`], carried to the decode.
+    jpeg_min_side: u32,
 }
 
 /// Reads the header: the format, the size against `limits`, and for a JPEG its marker
@@ -116,6 +142,7 @@ pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<Probe, PreprocessErr
         height,
         decode_bytes,
         jpeg_end,
+        jpeg_min_side: limits.jpeg_min_side,
     })
 }
 
@@ -137,7 +164,11 @@ pub fn decode_probed(bytes: &[u8], probe: &Probe) -> Result<RgbImage, Preprocess
     let bytes = match probe.jpeg_end {
         Some(end) => {
             let bytes = &bytes[..end];
-            if let Some(rgb) = decode_jpeg_libjpeg(bytes, (width, height))? {
+            if let Some(rgb) = decode_jpeg_libjpeg(
+                bytes,
+                (width, height),
+                dct_scale(width, height, probe.jpeg_min_side),
+            )? {
                 return Ok(rgb);
             }
             bytes
@@ -185,11 +216,12 @@ fn to_rgb8_like_pil(img: DynamicImage) -> RgbImage {
 fn decode_jpeg_libjpeg(
     bytes: &[u8],
     header: (u32, u32),
+    scale: u8,
 ) -> Result<Option<RgbImage>, PreprocessError> {
     use mozjpeg::{ColorSpace, Decompress};
     // libjpeg reports fatal errors by unwinding; keep any such unwind inside this function.
     let result = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
-        let d = Decompress::new_mem(bytes)?;
+        let mut d = Decompress::new_mem(bytes)?;
         if !matches!(
             d.color_space(),
             ColorSpace::JCS_YCbCr | ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_RGB
@@ -203,7 +235,11 @@ fn decode_jpeg_libjpeg(
                 header.0, header.1
             )));
         }
+        if scale < 8 {
+            d.scale(scale);
+        }
         let mut started = d.rgb()?;
+        let (w, h) = (started.width(), started.height());
         let data = started.read_scanlines::<u8>()?;
         started.finish()?;
         Ok(RgbImage::from_raw(w as u32, h as u32, data))
