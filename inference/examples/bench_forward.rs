@@ -105,6 +105,111 @@ fn time_ms(
     Ok(ts)
 }
 
+/// Median and nearest-rank p90, as torch_forward.py computes them.
+fn stats(ts: &[f64]) -> (f64, f64, f64, f64) {
+    let mut s = ts.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    let p90 = s[((0.9 * (n - 1) as f64).round_ties_even() as usize).min(n - 1)];
+    (med, p90, s[0], s[n - 1])
+}
+
+/// The cuDNN engine (`model::gpu`): every variant builds its own plans; input is uploaded once
+/// and each timed run replays the forward pass on it (as PyTorch's input stays on the GPU).
+/// Each batch's logits are also compared with the f32 candle network's on the same input.
+#[cfg(feature = "cuda")]
+mod cudnn {
+    use super::*;
+    use inference_server::model::gpu::cudnn::{GpuNet, GpuOptions, Lane};
+
+    pub fn variant(backend: &str, dev: &Device) -> Option<GpuOptions> {
+        if !matches!(dev, Device::Cuda(_)) {
+            return None;
+        }
+        let d = GpuOptions::default();
+        Some(match backend {
+            "ours" | "cudnn" => d,
+            "cudnn-nograph" => GpuOptions { graphs: false, ..d },
+            "cudnn-unfused" => GpuOptions { fused: false, ..d },
+            "cudnn-find" => GpuOptions { find: true, ..d },
+            "cudnn-stem3" => GpuOptions {
+                stem_channels: 3,
+                ..d
+            },
+            "cudnn-stem8" => GpuOptions {
+                stem_channels: 8,
+                ..d
+            },
+            _ => return None,
+        })
+    }
+
+    pub fn bench(
+        args: &Args,
+        backend: &str,
+        opts: GpuOptions,
+        w: &weights::Weights,
+        dev: &Device,
+        threads: usize,
+    ) -> Result<()> {
+        let host_w =
+            weights::load(&args.weights, &Device::Cpu).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t0 = Instant::now();
+        let net = GpuNet::new(&host_w, 0, opts)?;
+        let mut lane = Lane::with_buckets(net, args.batches.clone())?;
+        let plan_s = t0.elapsed().as_secs_f64();
+        let reference = ResNet50::new(w)?;
+        for &b in &args.batches {
+            let x = input(b, &Device::Cpu)?;
+            let host: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let got = lane.stage(&host, b)?;
+            let want: Vec<f32> = reference
+                .forward(&x.to_device(dev)?)?
+                .flatten_all()?
+                .to_vec1()?;
+            let (mut num, mut den, mut agree) = (0f64, 0f64, 0usize);
+            for (g, r) in got.chunks(1000).zip(want.chunks(1000)) {
+                for (a, b) in g.iter().zip(r) {
+                    num += f64::from(a - b).powi(2);
+                    den += f64::from(*b).powi(2);
+                }
+                let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j]));
+                agree += usize::from(top(g) == top(r));
+            }
+            for _ in 0..args.warmup {
+                lane.forward_resident(b)?;
+            }
+            let mut ts = Vec::with_capacity(args.runs);
+            for _ in 0..args.runs {
+                let t = Instant::now();
+                lane.forward_resident(b)?;
+                ts.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let (med, p90, min, max) = stats(&ts);
+            let line = serde_json::json!({
+                "backend": backend, "batch": b, "threads": threads,
+                "warmup": args.warmup, "runs": ts.len(),
+                "median_ms": round3(med), "p90_ms": round3(p90),
+                "min_ms": round3(min), "max_ms": round3(max),
+                "images_per_s": (b as f64 * 1e3 / med * 100.0).round() / 100.0,
+                "device": args.device, "graph": lane.graphed(b),
+                "plans_s": round3(plan_s),
+                "rel_err_vs_f32": (num / den.max(1e-30)).sqrt(),
+                "top1_agree": format!("{agree}/{b}"),
+                "options": format!("{opts:?}"),
+                "libraries": inference_server::model::gpu::cudnn::versions(),
+            });
+            println!("{line}");
+        }
+        Ok(())
+    }
+}
+
 fn round3(v: f64) -> f64 {
     (v * 1e3).round() / 1e3
 }
@@ -136,11 +241,18 @@ fn main() -> Result<()> {
         .unwrap_or(1);
 
     for backend in &args.backends {
+        #[cfg(feature = "cuda")]
+        if let Some(opts) = cudnn::variant(backend, &dev) {
+            cudnn::bench(&args, backend, opts, &w, &dev, threads)?;
+            continue;
+        }
         let f: Box<Forward> = match backend.as_str() {
             // What the server runs on this device (the NHWC network, model::cpu, on the CPU).
-            "ours" => match Model::new(&w, &dev)? {
+            "ours" | "candle-f16" => match Model::new(&w, &dev)? {
                 Model::Cpu(m) => Box::new(move |x| m.forward_tensor(x)),
                 Model::Candle { net, .. } => Box::new(move |x| net.forward(x)),
+                #[cfg(feature = "cuda")]
+                Model::Cudnn { .. } => unreachable!("Model::new builds candle on a GPU"),
             },
             "candle-folded" => {
                 let m = ResNet50::new(&w)?;
@@ -150,26 +262,19 @@ fn main() -> Result<()> {
                 let m = stock(&w, &dev)?;
                 Box::new(move |x| m.forward(x))
             }
-            other => bail!("unknown backend {other} (ours, candle-folded, candle-stock)"),
+            other => bail!(
+                "unknown backend {other} (ours, candle-f16, candle-folded, candle-stock; on CUDA also cudnn, cudnn-nograph, cudnn-unfused, cudnn-find, cudnn-stem3, cudnn-stem8)"
+            ),
         };
         for &b in &args.batches {
             let x = input(b, &dev)?;
             let ts = time_ms(&*f, &x, &dev, args.warmup, args.runs, args.gap_ms)?;
-            let mut s = ts.clone();
-            s.sort_by(|a, b| a.total_cmp(b));
-            let n = s.len();
-            // Same definitions as torch_forward.py: statistics.median, nearest-rank p90.
-            let med = if n % 2 == 1 {
-                s[n / 2]
-            } else {
-                (s[n / 2 - 1] + s[n / 2]) / 2.0
-            };
-            let p90 = s[((0.9 * (n - 1) as f64).round_ties_even() as usize).min(n - 1)];
+            let (med, p90, min, max) = stats(&ts);
             let line = serde_json::json!({
                 "backend": backend, "batch": b, "threads": threads,
-                "warmup": args.warmup, "runs": n,
+                "warmup": args.warmup, "runs": ts.len(),
                 "median_ms": round3(med), "p90_ms": round3(p90),
-                "min_ms": round3(s[0]), "max_ms": round3(s[n - 1]),
+                "min_ms": round3(min), "max_ms": round3(max),
                 "images_per_s": (b as f64 * 1e3 / med * 100.0).round() / 100.0,
                 "candle": "0.11.1", "device": args.device, "cpus": cpus,
                 "machine": std::env::consts::ARCH,
