@@ -90,7 +90,8 @@ bench-hostile: build weights
 bench-operator: deps
 	tools/bench/operator_scale.sh
 
-# On a machine with an NVIDIA GPU, after make build-cuda: img/s at batch 1/8/32.
+# On a machine with an NVIDIA GPU (builds what is missing): forward img/s against PyTorch, the
+# server over HTTP against the candle baseline, preprocessing by cores (README "Benchmarks").
 bench-gpu:
 	tools/bench/gpu.sh
 
