@@ -36,6 +36,46 @@ pub enum Command {
     /// the reason on stderr). For container health checks (Docker `HEALTHCHECK`, ECS) in images
     /// that have no curl.
     Probe(ProbeArgs),
+    /// Download the weights from a URI (https://, hf://) to a local file, checked (length,
+    /// sha256, ResNet50 safetensors) before it is put in place: for an init container.
+    Fetch(FetchArgs),
+}
+
+/// `inference-server fetch` (src/fetch.rs).
+#[derive(Args, Debug, Clone)]
+pub struct FetchArgs {
+    /// `https://…` or `hf://org/repo[@revision]/file.safetensors`.
+    #[arg(long, env = "MODEL_URI")]
+    pub uri: String,
+    /// Where the file goes; its directory must exist.
+    #[arg(
+        long,
+        env = "MODEL_PATH",
+        default_value = "/models/resnet50.safetensors"
+    )]
+    pub out: PathBuf,
+    /// The file's expected sha256, hex.
+    #[arg(long, env = "MODEL_SHA256")]
+    pub sha256: Option<String>,
+    /// Tries in all for network errors and 5xx/429 answers.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
+    /// Pause after the first failed try; doubled after each, at most 60 s.
+    #[arg(long, default_value_t = 2.0)]
+    pub backoff_seconds: f64,
+    /// Connecting and receiving the answer's headers, per try.
+    #[arg(long, default_value_t = 30.0)]
+    pub connect_timeout_seconds: f64,
+    /// Receiving the whole body, per try (100 MB at 1 MB/s takes 100 s).
+    #[arg(long, default_value_t = 1800.0)]
+    pub transfer_timeout_seconds: f64,
+    /// PEM file of the CA certificates to trust instead of the built-in web roots (a private
+    /// mirror behind an internal CA).
+    #[arg(long, env = "FETCH_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Base URL for `hf://` (a mirror, or a test server).
+    #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
+    pub hf_endpoint: String,
 }
 
 #[derive(Args, Debug, Clone)]

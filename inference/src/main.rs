@@ -73,6 +73,23 @@ fn main() {
         }
         Some(Command::Serve(args)) => serve(args),
         Some(Command::Probe(args)) => std::process::exit(probe(&args)),
+        Some(Command::Fetch(args)) => {
+            let token = std::env::var("HF_TOKEN").ok();
+            match inference_server::fetch::fetch(&args, token.as_deref()) {
+                Ok(line) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Err(why) => {
+                    // One line naming the URI (redacted): what the pod's status shows.
+                    eprintln!(
+                        "inference-server fetch: {}: {why}",
+                        inference_server::fetch::redact(&args.uri)
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
         None => serve(cli.serve),
     };
     if let Err(e) = result {

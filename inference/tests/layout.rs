@@ -285,6 +285,7 @@ fn dependencies_point_one_way() {
             &[
                 "config",
                 "engine",
+                "fetch",
                 "http",
                 "metrics",
                 "model",
@@ -292,6 +293,7 @@ fn dependencies_point_one_way() {
                 "probe",
             ][..],
         ),
+        ("fetch", &["config", "model"][..]),
         (
             "http",
             &["config", "engine", "metrics", "model", "preprocess"][..],
