@@ -312,8 +312,8 @@ node_pid() { # pid of local-node if it runs (same pid-reuse guard as pid_of)
   echo "$pid"
 }
 
-node_ready() {
-  api_get "/api/v1/nodes/$NODE_NAME" | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'
+node_ready() { # (404 until the node registers: not an error worth printing)
+  api_get "/api/v1/nodes/$NODE_NAME" 2>/dev/null | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'
 }
 
 cmd_node_up() {
@@ -329,8 +329,17 @@ cmd_node_up() {
     setsid "$bin" --node-name "$NODE_NAME" --kubeconfig "$S/kubeconfig" --inference-server-bin "$srv" \
       --state-dir "$S/node" ${CLUSTER_NODE_IP_PREFIX:+--ip-prefix "$CLUSTER_NODE_IP_PREFIX"} ${CLUSTER_NODE_ARGS:-} \
       >>"$S/logs/local-node.log" 2>&1 </dev/null &
-    echo $! >"$S/run/local-node.pid"
-    log "started local-node (pid $!), log $S/logs/local-node.log, pods under $S/node/pods"
+    local pid=$! i
+    echo "$pid" >"$S/run/local-node.pid"
+    # As start_bg: until it execs, the child is a copy of this shell and node_pid (which checks
+    # the command line) would call it dead ("local-node exited" with local-node running: 2 of 6
+    # `cluster-up`s on a loaded machine). Wait for the exec (≤ 5 s).
+    for ((i = 0; i < 250; i++)); do
+      node_pid >/dev/null && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.02
+    done
+    log "started local-node (pid $pid), log $S/logs/local-node.log, pods under $S/node/pods"
   fi
   local t0=$SECONDS
   until node_ready; do
