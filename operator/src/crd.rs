@@ -212,6 +212,22 @@ pub struct InferenceServiceSpec {
     {
         "rule": "!has(self.pvc) || (has(self.path) && self.path.startsWith(self.pvc.mountPath + '/'))",
         "message": "model.path must be set to a file inside model.pvc.mountPath when model.pvc is set, e.g. /models/resnet50.safetensors"
+    },
+    {
+        "rule": "!has(self.uri) || (!has(self.path) && !has(self.pvc))",
+        "message": "model.uri cannot be combined with model.path or model.pvc: the weights come from one place"
+    },
+    {
+        "rule": "!has(self.uri) || self.uri.startsWith('https://') || self.uri.startsWith('hf://')",
+        "message": "model.uri must start with https:// or hf:// (s3:// is not supported yet: use a pre-signed https:// URL)"
+    },
+    {
+        "rule": "!has(self.sha256) || has(self.uri)",
+        "message": "model.sha256 checks a download: it needs model.uri"
+    },
+    {
+        "rule": "!has(self.hfTokenSecret) || (has(self.uri) && self.uri.startsWith('hf://'))",
+        "message": "model.hfTokenSecret is for hf:// URIs"
     }
 ]))]
 pub struct ModelSpec {
@@ -239,6 +255,38 @@ pub struct ModelSpec {
     /// A PersistentVolumeClaim with the weights, mounted read-only at `mountPath`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<ModelPvcSpec>,
+
+    /// Where each pod downloads the weights before the server starts: `https://…` (a pre-signed
+    /// S3 URL works) or `hf://org/repo[@revision]/file.safetensors`. An init container runs
+    /// `inference-server fetch` into an emptyDir; the file is checked (length, `sha256`, every
+    /// tensor) before the server sees it, and a failed download shows as `ModelFetchFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 4096))]
+    pub uri: Option<String>,
+
+    /// Expected sha256 of the file at `uri`, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
+
+    /// A Secret key holding a Hugging Face token, sent as `HF_TOKEN` for `hf://` URIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_token_secret: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret in the InferenceService's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// A PersistentVolumeClaim that holds model weights.

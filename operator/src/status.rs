@@ -14,6 +14,8 @@ pub const READY: &str = "Ready";
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Degraded's reason when the init container cannot download `spec.model.uri`.
+pub const MODEL_FETCH_FAILED: &str = "ModelFetchFailed";
 
 /// Condition messages are capped so a huge container log line cannot bloat the object.
 const MAX_MESSAGE: usize = 1024;
@@ -82,7 +84,14 @@ pub fn pod_health(pods: &[Pod]) -> PodHealth {
                 continue;
             };
             let reason = waiting.reason.clone().unwrap_or_default();
-            if reason == "CrashLoopBackOff" {
+            if reason == "CrashLoopBackOff" && cs.name == builders::FETCH_CONTAINER_NAME {
+                // The model download keeps failing: say so, with fetch's own one-line reason.
+                health.crash_looping.push(PodProblem {
+                    pod: name.clone(),
+                    reason: MODEL_FETCH_FAILED.into(),
+                    message: format!("the model download keeps failing{}", last_exit(cs)),
+                });
+            } else if reason == "CrashLoopBackOff" {
                 health.crash_looping.push(PodProblem {
                     pod: name.clone(),
                     reason,
@@ -222,7 +231,11 @@ pub fn compute(
     let degraded = if let Some(p) = &observed.problem {
         verdict(true, &p.reason, p.message.clone())
     } else if !pods.crash_looping.is_empty() {
-        verdict(true, "CrashLoopBackOff", first(&pods.crash_looping))
+        verdict(
+            true,
+            &pods.crash_looping[0].reason,
+            first(&pods.crash_looping),
+        )
     } else if !pods.cannot_start.is_empty() {
         verdict(
             true,
@@ -713,6 +726,60 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
+        }
+    }
+
+    #[test]
+    fn a_failing_model_download_is_model_fetch_failed_with_its_reason() {
+        let isvc = fixture("model-uri.yaml");
+        // The init container keeps failing; the server container waits (PodInitializing).
+        let mut pod = crashing_pod("resnet50-hf-1");
+        let status = pod.status.as_mut().unwrap();
+        let mut fetch = status.container_statuses.take().unwrap().remove(0);
+        fetch.name = builders::FETCH_CONTAINER_NAME.into();
+        fetch
+            .last_state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap()
+            .message = Some(
+            "inference-server fetch: hf://timm/resnet50.tv_in1k/model.safetensors: HTTP 401: access denied"
+                .into(),
+        );
+        status.init_container_statuses = Some(vec![fetch]);
+        status.container_statuses = Some(vec![ContainerStatus {
+            name: "server".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("PodInitializing".into()),
+                    message: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        let health = pod_health(&[pod]);
+        let none = Dep {
+            desired: 1,
+            replicas: 1,
+            ready: 0,
+            updated: 1,
+            available: 0,
+            ..Dep::steady(1)
+        }
+        .build();
+        let s = run(&isvc, Some(&none), health, None, t(0));
+        for type_ in [DEGRADED, READY] {
+            let c = cond(&s, type_);
+            assert_eq!(c.reason, MODEL_FETCH_FAILED, "{type_}");
+            assert!(c.message.contains("HTTP 401"), "{type_}: {}", c.message);
+            assert!(
+                c.message.contains("model download"),
+                "{type_}: {}",
+                c.message
+            );
         }
     }
 

@@ -140,6 +140,39 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
         }
     }
 
+    if let Some(uri) = &spec.model.uri {
+        if spec.model.path.is_some() || spec.model.pvc.is_some() {
+            issue(
+                "spec.model.uri",
+                "cannot be combined with model.path or model.pvc: the weights come from one place"
+                    .into(),
+            );
+        }
+        if !(uri.starts_with("https://") || uri.starts_with("hf://")) {
+            issue(
+                "spec.model.uri",
+                format!(
+                    "{uri:?} must start with https:// or hf:// (s3:// is not supported yet: use a pre-signed https:// URL)"
+                ),
+            );
+        }
+    }
+    if spec.model.sha256.is_some() && spec.model.uri.is_none() {
+        issue(
+            "spec.model.sha256",
+            "checks a download: it needs model.uri".into(),
+        );
+    }
+    if spec.model.hf_token_secret.is_some()
+        && !spec
+            .model
+            .uri
+            .as_deref()
+            .is_some_and(|u| u.starts_with("hf://"))
+    {
+        issue("spec.model.hfTokenSecret", "is for hf:// URIs".into());
+    }
+
     if spec.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
         issue(
             "spec.image",

@@ -6,19 +6,20 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, SleepAction,
-    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, SleepAction, Toleration, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    CONTAINER_NAME, Config, LABEL_VERSION, PORT_NAME, child_meta, gpus, image, label_selector,
-    labels, non_empty, replicas, resources, rollout, scheduling, selector_labels, server,
-    termination,
+    CONTAINER_NAME, Config, FETCH_CONTAINER_NAME, FETCHED_MODEL_PATH, LABEL_VERSION, PORT_NAME,
+    child_meta, gpus, image, label_selector, labels, non_empty, replicas, resources, rollout,
+    scheduling, selector_labels, server, termination,
 };
 use crate::crd::{Device, InferenceService, SERVER_PORT};
 use crate::quantity;
@@ -158,6 +159,18 @@ fn pod_template(isvc: &InferenceService, cfg: &Config) -> PodTemplateSpec {
             ..Default::default()
         });
     }
+    if isvc.spec.model.uri.is_some() {
+        // The download lands here (ResNet50 is ~100 MB; the `.part` file is renamed, never
+        // copied, so one file's size is what it takes).
+        volumes.push(Volume {
+            name: "model".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(FETCH_SIZE_LIMIT.into())),
+                medium: None,
+            }),
+            ..Default::default()
+        });
+    }
 
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -166,6 +179,12 @@ fn pod_template(isvc: &InferenceService, cfg: &Config) -> PodTemplateSpec {
             ..Default::default()
         }),
         spec: Some(PodSpec {
+            init_containers: isvc
+                .spec
+                .model
+                .uri
+                .as_ref()
+                .map(|uri| vec![fetch_container(isvc, cfg, uri)]),
             containers: vec![container(isvc, cfg)],
             volumes: Some(volumes),
             image_pull_secrets: non_empty(isvc.spec.image_pull_secrets.clone()),
@@ -220,6 +239,14 @@ fn container(isvc: &InferenceService, cfg: &Config) -> Container {
             ..Default::default()
         });
     }
+    if isvc.spec.model.uri.is_some() {
+        mounts.push(VolumeMount {
+            name: "model".into(),
+            mount_path: "/models".into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(image(isvc, cfg)),
@@ -245,21 +272,83 @@ fn container(isvc: &InferenceService, cfg: &Config) -> Container {
             post_start: None,
             stop_signal: None,
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted()),
         volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The restricted Pod Security profile, for every container of the pod.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Size limit of the emptyDir a downloaded model lands in.
+pub const FETCH_SIZE_LIMIT: &str = "2Gi";
+
+/// `inference-server fetch` from the same image: downloads `uri` into the `model` emptyDir,
+/// checks it and exits; the server starts only after it succeeded. Its one-line error becomes
+/// the container's termination message (FallbackToLogsOnError), which the status reports.
+fn fetch_container(isvc: &InferenceService, cfg: &Config, uri: &str) -> Container {
+    let model = &isvc.spec.model;
+    let mut env = vec![
+        env_var("MODEL_URI", uri),
+        env_var("MODEL_PATH", FETCHED_MODEL_PATH),
+    ];
+    if let Some(sum) = &model.sha256 {
+        env.push(env_var("MODEL_SHA256", sum));
+    }
+    if let Some(secret) = &model.hf_token_secret {
+        env.push(EnvVar {
+            name: "HF_TOKEN".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+    }
+    Container {
+        name: FETCH_CONTAINER_NAME.into(),
+        image: Some(image(isvc, cfg)),
+        image_pull_policy: isvc.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        args: Some(vec!["fetch".into()]),
+        env: Some(env),
+        // The server's resources: an init container's count only while it runs, and the check
+        // at the end loads the whole model as the server will. A GPU too: the CUDA build links
+        // the driver's libcuda, which the NVIDIA runtime mounts only into GPU containers.
+        resources: Some(resource_requirements(isvc)),
+        security_context: Some(restricted()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "model".into(),
+                mount_path: "/models".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
@@ -289,6 +378,9 @@ pub fn env(isvc: &InferenceService) -> Vec<EnvVar> {
     }
     if let Some(p) = &spec.model.path {
         vars.push(env_var("MODEL_PATH", p));
+    }
+    if spec.model.uri.is_some() {
+        vars.push(env_var("MODEL_PATH", FETCHED_MODEL_PATH));
     }
     let device = srv.device.unwrap_or(if gpus(isvc) > 0 {
         Device::Cuda
@@ -637,6 +729,72 @@ mod tests {
         // Restricted forbids hostPath and host namespaces.
         assert!(pod.volumes.iter().flatten().all(|v| v.host_path.is_none()));
         assert!(pod.host_network.is_none() && pod.host_pid.is_none() && pod.host_ipc.is_none());
+    }
+
+    #[test]
+    fn model_uri_downloads_in_an_init_container_before_the_server() {
+        let isvc = fixture("model-uri.yaml");
+        let d = build(&isvc, &Config::default());
+        let pod = pod_spec(&d);
+        let init = pod.init_containers.as_ref().expect("an init container");
+        assert_eq!(init.len(), 1);
+        let fetch = &init[0];
+        assert_eq!(fetch.name, FETCH_CONTAINER_NAME);
+        assert_eq!(
+            fetch.image, pod.containers[0].image,
+            "the server's own image"
+        );
+        assert_eq!(fetch.args.as_deref(), Some(&["fetch".to_string()][..]));
+        let env: BTreeMap<_, _> = fetch
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        assert_eq!(
+            env["MODEL_URI"].value.as_deref(),
+            Some("hf://timm/resnet50.tv_in1k/model.safetensors")
+        );
+        assert_eq!(env["MODEL_PATH"].value.as_deref(), Some(FETCHED_MODEL_PATH));
+        assert_eq!(env["MODEL_SHA256"].value.as_deref().map(str::len), Some(64));
+        // The token comes from the Secret, never as a literal value.
+        let token = env["HF_TOKEN"].value_from.as_ref().unwrap();
+        let key = token.secret_key_ref.as_ref().unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("hf-token", "token"));
+        assert!(env["HF_TOKEN"].value.is_none());
+        // Restricted like the server; writes only to the model emptyDir (and /tmp).
+        let sc = fetch.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let mount = |c: &Container, path: &str| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == path)
+                .cloned()
+        };
+        assert_eq!(mount(fetch, "/models").unwrap().read_only, None);
+        assert_eq!(
+            fetch.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        // The server reads the same file, read-only.
+        let server = &pod.containers[0];
+        assert_eq!(mount(server, "/models").unwrap().read_only, Some(true));
+        assert_eq!(env_of(&d)["MODEL_PATH"], FETCHED_MODEL_PATH);
+        let vol = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "model")
+            .unwrap();
+        assert_eq!(
+            vol.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity(FETCH_SIZE_LIMIT.into()))
+        );
+        // Without a URI: no init container.
+        let plain = build(&fixture("minimal.yaml"), &Config::default());
+        assert!(pod_spec(&plain).init_containers.is_none());
     }
 
     #[test]

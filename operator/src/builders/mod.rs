@@ -27,6 +27,10 @@ pub const APP_NAME: &str = "inference-server";
 pub const COMPONENT: &str = "predictor";
 /// Name of the server container.
 pub const CONTAINER_NAME: &str = "server";
+/// The init container that downloads `spec.model.uri`.
+pub const FETCH_CONTAINER_NAME: &str = "fetch-model";
+/// Where a downloaded model lives in the pod (an emptyDir at /models).
+pub const FETCHED_MODEL_PATH: &str = "/models/model.safetensors";
 /// Name of the server's container port; the Service targets it by name.
 pub const PORT_NAME: &str = "http";
 
