@@ -403,6 +403,42 @@ fn valid_fixtures_are_admitted() {
     }
 }
 
+/// The InferenceServices under `examples/` are what users copy: they must be admitted and pass
+/// the operator's checks too (the demo's template with its path placeholder filled in).
+#[test]
+fn examples_are_admitted() {
+    let dir = repo_root().join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("__MODEL_PATH__", "/models/resnet50.safetensors");
+        let value: Value =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if value["kind"] != "InferenceService" {
+            continue;
+        }
+        let errors = admission_errors(&value);
+        assert!(
+            errors.is_empty(),
+            "{} should be admitted: {errors:#?}",
+            path.display()
+        );
+        let isvc: InferenceService = serde_json::from_value(value).unwrap();
+        assert_eq!(validate::validate(&isvc), Ok(()), "{}", path.display());
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "only {checked} example InferenceServices under {}",
+        dir.display()
+    );
+}
+
 #[test]
 fn invalid_fixtures_are_rejected_with_a_clear_message() {
     let mut checked = 0;
