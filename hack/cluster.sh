@@ -6,7 +6,8 @@
 # Usage: hack/cluster.sh up|down|status|env|node-up|node-down
 #   up      build or reuse the binaries, create certs, start what is not running, wait for
 #           /readyz and the default ServiceAccount, write $CLUSTER_STATE_DIR/kubeconfig;
-#           also runs node-up when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are both set
+#           also runs node-up when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are both set.
+#           If it fails, it stops what it started (not what was already running).
 #   down    stop the local node (and its pod processes), then the control plane
 #           (SIGTERM, SIGKILL after CLUSTER_STOP_TIMEOUT), and delete the state
 #   status  show which processes run
@@ -95,11 +96,29 @@ wait_for() { # description timeout-seconds component command...
   log "$what ok after $((SECONDS - t0))s"
 }
 
+STARTED=() # components this invocation started (stopped again if `up` fails)
+
+# On a failed `up`: stop what this attempt started, newest first, so the next attempt does not
+# trip over a half-started cluster (components that were already running are left alone).
+stop_started_on_failure() {
+  local rc=$? i c pid
+  (( rc == 0 )) && return
+  (( ${#STARTED[@]} )) || return "$rc"
+  log "up failed: stopping what this attempt started (${STARTED[*]})"
+  for (( i=${#STARTED[@]}-1; i>=0; i-- )); do
+    c=${STARTED[i]}
+    if [[ $c == local-node ]]; then pid=$(node_pid) || continue; else pid=$(pid_of "$c") || continue; fi
+    stop_pid "$c" "$pid"
+  done
+  return "$rc"
+}
+
 start_bg() { # component args...
   local comp=$1 pid i; shift
   setsid "$BIN/$comp" "$@" >>"$S/logs/$comp.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$S/run/$comp.pid"
+  STARTED+=("$comp")
   # Until it execs, the child is a copy of this shell, and pid_of (which checks the command
   # line, against pid reuse) would call the component dead: a loaded machine once failed
   # `up` with "kube-controller-manager exited" and an empty log. Wait for the exec (≤ 5 s).
@@ -197,6 +216,7 @@ api_get() { # path
 # ---------------------------------------------------------------------------------- commands
 cmd_up() {
   local t_up=$SECONDS
+  trap stop_started_on_failure EXIT
   if [[ -n "${CLUSTER_BIN_DIR:-}" ]]; then
     BIN=$CLUSTER_BIN_DIR
   else
@@ -317,6 +337,7 @@ node_ready() { # (404 until the node registers: not an error worth printing)
 }
 
 cmd_node_up() {
+  trap stop_started_on_failure EXIT
   [[ -f "$S/$MARKER" && -f "$S/kubeconfig" ]] || die "no cluster at $S; run '$0 up' first"
   [[ -n "${LOCAL_NODE_BIN:-}" ]] || die "set LOCAL_NODE_BIN (cargo build -p local-node)"
   [[ -n "${INFERENCE_SERVER_BIN:-}" ]] || die "set INFERENCE_SERVER_BIN (cargo build --release -p inference-server)"
@@ -331,6 +352,7 @@ cmd_node_up() {
       >>"$S/logs/local-node.log" 2>&1 </dev/null &
     local pid=$! i
     echo "$pid" >"$S/run/local-node.pid"
+    STARTED+=(local-node)
     # As start_bg: until it execs, the child is a copy of this shell and node_pid (which checks
     # the command line) would call it dead ("local-node exited" with local-node running: 2 of 6
     # `cluster-up`s on a loaded machine). Wait for the exec (≤ 5 s).

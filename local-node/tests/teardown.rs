@@ -115,3 +115,82 @@ fn net_ns_of(path: &str) -> (u64, u64) {
     let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     (m.dev(), m.ino())
 }
+
+/// A `cluster.sh up` that fails half-way (here the API server refuses a flag, after etcd has
+/// started) stops what it started instead of leaving it for the next attempt to trip over; the
+/// same up then works, and `down` removes everything.
+#[test]
+fn a_failed_up_stops_what_it_started() {
+    use std::net::TcpListener;
+    use std::process::Command;
+
+    let root = test_cluster::workspace_root();
+    let bin = Command::new(root.join("hack/build-control-plane.sh"))
+        .arg("--print-bin-dir")
+        .output()
+        .expect("build-control-plane.sh --print-bin-dir");
+    let bin = String::from_utf8(bin.stdout).unwrap().trim().to_string();
+    let state = std::env::temp_dir().join(format!("failed-up-{}", std::process::id()));
+    let port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let etcd_port = port();
+    let env = [
+        ("CLUSTER_STATE_DIR", state.display().to_string()),
+        ("CLUSTER_BIN_DIR", bin),
+        ("CLUSTER_ETCD_PORT", etcd_port.to_string()),
+        ("CLUSTER_ETCD_PEER_PORT", port().to_string()),
+        ("CLUSTER_APISERVER_PORT", port().to_string()),
+        ("CLUSTER_KCM_PORT", port().to_string()),
+        ("CLUSTER_START_TIMEOUT", "60".to_string()),
+    ];
+    let cluster_sh = |cmd: &str, extra: &[(&str, &str)]| {
+        Command::new(root.join("hack/cluster.sh"))
+            .arg(cmd)
+            .env_remove("LOCAL_NODE_BIN")
+            .env_remove("INFERENCE_SERVER_BIN")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().copied())
+            .output()
+            .expect("run hack/cluster.sh")
+    };
+    let failed = cluster_sh("up", &[("CLUSTER_APISERVER_EXTRA_ARGS", "--no-such-flag")]);
+    let err = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(
+        !failed.status.success(),
+        "up with a bad flag succeeded: {err}"
+    );
+    assert!(err.contains("kube-apiserver exited"), "{err}");
+    assert!(
+        err.contains("stopping what this attempt started (etcd kube-apiserver)"),
+        "{err}"
+    );
+    let etcd: i32 = std::fs::read_to_string(state.join("run/etcd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(etcd), "etcd (pid {etcd}) outlived the failed up");
+    assert!(
+        TcpListener::bind(("127.0.0.1", etcd_port)).is_ok(),
+        "etcd's port {etcd_port} is still taken"
+    );
+    // The next attempt starts cleanly.
+    let ok = cluster_sh("up", &[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let down = cluster_sh("down", &[]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!state.exists(), "down left {}", state.display());
+}
