@@ -113,20 +113,26 @@ stop_started_on_failure() {
   return "$rc"
 }
 
+# Until it execs, a background child is a copy of this shell, and pid_of / node_pid (which check
+# the command line, against pid reuse) would call it dead: a loaded machine failed `up` with
+# "kube-controller-manager exited" and an empty log, and `node-up` with "local-node exited"
+# while local-node ran. Wait for the exec (≤ 5 s).
+wait_exec() { # pid check-command...
+  local pid=$1 i; shift
+  for ((i = 0; i < 250; i++)); do
+    "$@" >/dev/null && break            # the binary runs
+    kill -0 "$pid" 2>/dev/null || break # gone already: the caller's wait reports it, with its log
+    sleep 0.02
+  done
+}
+
 start_bg() { # component args...
-  local comp=$1 pid i; shift
+  local comp=$1 pid; shift
   setsid "$BIN/$comp" "$@" >>"$S/logs/$comp.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$S/run/$comp.pid"
   STARTED+=("$comp")
-  # Until it execs, the child is a copy of this shell, and pid_of (which checks the command
-  # line, against pid reuse) would call the component dead: a loaded machine once failed
-  # `up` with "kube-controller-manager exited" and an empty log. Wait for the exec (≤ 5 s).
-  for ((i = 0; i < 250; i++)); do
-    pid_of "$comp" >/dev/null && break    # the binary runs
-    kill -0 "$pid" 2>/dev/null || break   # gone already: wait_for reports it, with its log
-    sleep 0.02
-  done
+  wait_exec "$pid" pid_of "$comp"
   log "started $comp (pid $pid), log $S/logs/$comp.log"
 }
 
@@ -350,17 +356,10 @@ cmd_node_up() {
     setsid "$bin" --node-name "$NODE_NAME" --kubeconfig "$S/kubeconfig" --inference-server-bin "$srv" \
       --state-dir "$S/node" ${CLUSTER_NODE_IP_PREFIX:+--ip-prefix "$CLUSTER_NODE_IP_PREFIX"} ${CLUSTER_NODE_ARGS:-} \
       >>"$S/logs/local-node.log" 2>&1 </dev/null &
-    local pid=$! i
+    local pid=$!
     echo "$pid" >"$S/run/local-node.pid"
     STARTED+=(local-node)
-    # As start_bg: until it execs, the child is a copy of this shell and node_pid (which checks
-    # the command line) would call it dead ("local-node exited" with local-node running: 2 of 6
-    # `cluster-up`s on a loaded machine). Wait for the exec (≤ 5 s).
-    for ((i = 0; i < 250; i++)); do
-      node_pid >/dev/null && break
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.02
-    done
+    wait_exec "$pid" node_pid
     log "started local-node (pid $pid), log $S/logs/local-node.log, pods under $S/node/pods"
   fi
   local t0=$SECONDS

@@ -105,8 +105,16 @@ fn time_ms(
     Ok(ts)
 }
 
-/// Median and nearest-rank p90, as torch_forward.py computes them.
-fn stats(ts: &[f64]) -> (f64, f64, f64, f64) {
+/// One result line: the keys torch_forward.py prints (median, nearest-rank p90, ...) for
+/// `ts` (ms per run of batch `b`), then `extra`.
+fn result_line(
+    backend: &str,
+    b: usize,
+    threads: usize,
+    args: &Args,
+    ts: &[f64],
+    extra: serde_json::Value,
+) -> serde_json::Value {
     let mut s = ts.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
@@ -116,7 +124,18 @@ fn stats(ts: &[f64]) -> (f64, f64, f64, f64) {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     };
     let p90 = s[((0.9 * (n - 1) as f64).round_ties_even() as usize).min(n - 1)];
-    (med, p90, s[0], s[n - 1])
+    let mut line = serde_json::json!({
+        "backend": backend, "batch": b, "threads": threads,
+        "warmup": args.warmup, "runs": n,
+        "median_ms": round3(med), "p90_ms": round3(p90),
+        "min_ms": round3(s[0]), "max_ms": round3(s[n - 1]),
+        "images_per_s": (b as f64 * 1e3 / med * 100.0).round() / 100.0,
+        "device": args.device,
+    });
+    if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
+        line.extend(extra);
+    }
+    line
 }
 
 /// The cuDNN engine (`model::gpu`): every variant builds its own plans; input is uploaded once
@@ -190,20 +209,21 @@ mod cudnn {
                 lane.forward_resident(b)?;
                 ts.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            let (med, p90, min, max) = stats(&ts);
-            let line = serde_json::json!({
-                "backend": backend, "batch": b, "threads": threads,
-                "warmup": args.warmup, "runs": ts.len(),
-                "median_ms": round3(med), "p90_ms": round3(p90),
-                "min_ms": round3(min), "max_ms": round3(max),
-                "images_per_s": (b as f64 * 1e3 / med * 100.0).round() / 100.0,
-                "device": args.device, "graph": lane.graphed(b),
-                "plans_s": round3(plan_s),
-                "rel_err_vs_f32": (num / den.max(1e-30)).sqrt(),
-                "top1_agree": format!("{agree}/{b}"),
-                "options": format!("{opts:?}"),
-                "libraries": inference_server::model::gpu::cudnn::versions(),
-            });
+            let line = result_line(
+                backend,
+                b,
+                threads,
+                args,
+                &ts,
+                serde_json::json!({
+                    "graph": lane.graphed(b),
+                    "plans_s": round3(plan_s),
+                    "rel_err_vs_f32": (num / den.max(1e-30)).sqrt(),
+                    "top1_agree": format!("{agree}/{b}"),
+                    "options": format!("{opts:?}"),
+                    "libraries": inference_server::model::gpu::cudnn::versions(),
+                }),
+            );
             println!("{line}");
         }
         Ok(())
@@ -269,16 +289,16 @@ fn main() -> Result<()> {
         for &b in &args.batches {
             let x = input(b, &dev)?;
             let ts = time_ms(&*f, &x, &dev, args.warmup, args.runs, args.gap_ms)?;
-            let (med, p90, min, max) = stats(&ts);
-            let line = serde_json::json!({
-                "backend": backend, "batch": b, "threads": threads,
-                "warmup": args.warmup, "runs": ts.len(),
-                "median_ms": round3(med), "p90_ms": round3(p90),
-                "min_ms": round3(min), "max_ms": round3(max),
-                "images_per_s": (b as f64 * 1e3 / med * 100.0).round() / 100.0,
-                "candle": "0.11.1", "device": args.device, "cpus": cpus,
-                "machine": std::env::consts::ARCH,
-            });
+            let line = result_line(
+                backend,
+                b,
+                threads,
+                &args,
+                &ts,
+                serde_json::json!({
+                    "candle": "0.11.1", "cpus": cpus, "machine": std::env::consts::ARCH,
+                }),
+            );
             println!("{line}");
         }
     }

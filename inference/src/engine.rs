@@ -718,10 +718,9 @@ mod tests {
         vec![tag; INPUT_LEN]
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn batches_what_waits_and_routes_each_answer_back() {
-        let (engine, batches) = recording_engine(100, 4, 16);
-        let tasks: Vec<_> = (0..9)
+    /// Sends `n` one-image requests tagged 0..n at once; each must get its own answer back.
+    async fn infer_tagged(engine: &Arc<Engine>, n: usize) {
+        let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let e = engine.clone();
                 tokio::spawn(async move { (i, e.infer(image(i as f32), 1).await.unwrap()) })
@@ -735,6 +734,12 @@ mod tests {
                 "request {i} got another request's answer"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batches_what_waits_and_routes_each_answer_back() {
+        let (engine, batches) = recording_engine(100, 4, 16);
+        infer_tagged(&engine, 9).await;
         let b = batches.lock().unwrap().clone();
         assert_eq!(b.iter().sum::<usize>(), 9);
         assert!(b.iter().all(|&n| n <= 4), "batch over max_batch: {b:?}");
@@ -763,20 +768,7 @@ mod tests {
             Arc::new(Metrics::new()),
         ));
         let started = Instant::now();
-        let tasks: Vec<_> = (0..16)
-            .map(|i| {
-                let e = engine.clone();
-                tokio::spawn(async move { (i, e.infer(image(i as f32), 1).await.unwrap()) })
-            })
-            .collect();
-        for t in tasks {
-            let (i, out) = t.await.unwrap();
-            assert_eq!(
-                out.logits,
-                vec![i as f32, 0.0],
-                "request {i} got another's answer"
-            );
-        }
+        infer_tagged(&engine, 16).await;
         let b = batches.lock().unwrap().clone();
         assert_eq!(b.iter().sum::<usize>(), 16);
         assert!(b.iter().all(|&n| n <= 4), "batch over max_batch: {b:?}");

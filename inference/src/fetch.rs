@@ -186,10 +186,6 @@ fn try_once(agent: &ureq::Agent, src: &Source, part: &Path) -> Result<(u64, [u8;
     Ok((total, hash.finalize().into()))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Downloads, checks and places the file; `Err` is the one-line reason (without the URI).
 pub fn fetch(args: &FetchArgs, hf_token: Option<&str>) -> Result<String, String> {
     let src = resolve(&args.uri, &args.hf_endpoint, hf_token)?;
@@ -243,7 +239,7 @@ pub fn fetch(args: &FetchArgs, hf_token: Option<&str>) -> Result<String, String>
             }
         }
     };
-    let got = hex(&digest);
+    let got = crate::model::weights::hex(&digest);
     let checked = (|| {
         if let Some(w) = &want
             && *w != got

@@ -387,19 +387,23 @@ fn admission_errors(object: &Value) -> Vec<String> {
     errors
 }
 
+/// `value` (read from `path`) is admitted, parses into our types and passes the operator's own
+/// checks.
+fn assert_admitted(value: Value, path: &Path) {
+    let errors = admission_errors(&value);
+    assert!(
+        errors.is_empty(),
+        "{} should be admitted: {errors:#?}",
+        path.display()
+    );
+    let isvc: InferenceService = serde_json::from_value(value).unwrap();
+    assert_eq!(validate::validate(&isvc), Ok(()), "{}", path.display());
+}
+
 #[test]
 fn valid_fixtures_are_admitted() {
     for path in fixtures("") {
-        let (value, _) = load(&path);
-        let errors = admission_errors(&value);
-        assert!(
-            errors.is_empty(),
-            "{} should be admitted: {errors:#?}",
-            path.display()
-        );
-        // And they parse into our types and pass the operator's own checks.
-        let isvc: InferenceService = serde_json::from_value(value).unwrap();
-        assert_eq!(validate::validate(&isvc), Ok(()), "{}", path.display());
+        assert_admitted(load(&path).0, &path);
     }
 }
 
@@ -422,14 +426,7 @@ fn examples_are_admitted() {
         if value["kind"] != "InferenceService" {
             continue;
         }
-        let errors = admission_errors(&value);
-        assert!(
-            errors.is_empty(),
-            "{} should be admitted: {errors:#?}",
-            path.display()
-        );
-        let isvc: InferenceService = serde_json::from_value(value).unwrap();
-        assert_eq!(validate::validate(&isvc), Ok(()), "{}", path.display());
+        assert_admitted(value, &path);
         checked += 1;
     }
     assert!(

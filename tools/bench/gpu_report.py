@@ -11,23 +11,16 @@ Usage: python tools/bench/gpu_report.py OUT_DIR
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import read  # noqa: E402  (JSON lines, anything else skipped)
+
 
 def rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
+    """The JSON objects of `path`; none when a phase did not run."""
+    return read([str(path)]) if path.exists() else []
 
 
 def main() -> None:

@@ -120,21 +120,19 @@ fn build_model(
         match Model::cudnn(w, 0, opts, max_batch) {
             Ok(m) => {
                 tracing::info!(libraries = %crate::model::gpu::cudnn::versions(), "cuDNN engine built");
-                return Ok(m);
+                Ok(m)
             }
             Err(e) if args.gpu_engine == GpuEngine::Auto => {
                 tracing::warn!(error = %format!("{e:#}"), "the cuDNN engine cannot start (GPU_ENGINE=auto): falling back to candle's kernels, several times slower");
                 let w = weights::load(&args.model_path, device)?;
-                return built(&w);
+                built(&w)
             }
-            Err(e) => return Err(e.context("GPU_ENGINE=cudnn")),
+            Err(e) => Err(e.context("GPU_ENGINE=cudnn")),
         }
     }
-    #[allow(unreachable_code)]
-    {
-        let _ = max_batch;
-        built(w)
-    }
+    // Without the `cuda` feature use_cudnn is always false: returned above.
+    #[cfg(not(feature = "cuda"))]
+    unreachable!("use_cudnn needs the cuda feature (max_batch {max_batch})")
 }
 
 /// The model threads the engine runs: one, or on the cuDNN engine `lanes` of them.

@@ -236,13 +236,15 @@ fn to_f32_tensor(view: &TensorView<'_>, device: &Device) -> Result<Tensor, Strin
     t.to_device(device).map_err(|e| e.to_string())
 }
 
+/// Bytes as lowercase hex, as `sha256sum` prints a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The file's SHA-256, hex: what `sha256sum` prints, so a user can check which file a pod runs.
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha2::Sha256::digest(bytes))
 }
 
 /// SplitMix64: tiny, well-known and fully specified here, so the same seed gives the same weights

@@ -335,10 +335,6 @@ impl GpuNet {
         stream.synchronize()?;
         Ok(Arc::new(net))
     }
-
-    pub fn options(&self) -> GpuOptions {
-        self.opts
-    }
 }
 
 /// One convolution call of a plan.
