@@ -26,6 +26,8 @@ export LOCAL_NODE_BIN=$PWD/target/release/local-node
 export CONTAINERS_CONF=$PWD/hack/containers/containers.conf
 phase "hadolint venv (tools/lint-venv.sh)" tools/lint-venv.sh
 export HADOLINT=$PWD/.state/venv-lint/bin/hadolint
+# The same venv's Python validates examples/eksctl and examples/ecs (operator/tests/examples.rs).
+export EXAMPLES_PYTHON=$PWD/.state/venv-lint/bin/python
 phase "container images (hack/images.sh)" env -u IMAGE_REPO hack/images.sh
 phase "cargo test (workspace, release)" cargo test --release --workspace --no-fail-fast
 # The CPU network picks the widest kernels the CPU has; run the narrower ones here too, so every

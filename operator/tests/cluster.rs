@@ -896,6 +896,108 @@ async fn api_server_rejects_invalid_fixtures_and_admits_valid_ones() {
     env.finish().await;
 }
 
+/// 6b. What users copy from `examples/` (every object: InferenceServices, the ALB Ingress) is
+/// admitted by the API server (server-side apply, dry run), and so is every child the operator
+/// builds from each example: the NLB Service with its class and annotations, the HPA with the
+/// request-rate metric, the spot example's spread constraints, the GPU pod template.
+#[tokio::test]
+async fn examples_and_their_children_pass_the_api_servers_dry_run() {
+    use inference_operator::builders::{self, Config};
+    use kube::api::DynamicObject;
+    use kube::core::GroupVersionKind;
+
+    let env = Env::new(cluster(), "examples").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let pp = PatchParams::apply(USER).force().dry_run();
+    let mut failures = Vec::new();
+    let (mut objects, mut children) = (0, 0);
+    for path in &files {
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("__MODEL_PATH__", "/models/resnet50.safetensors");
+        let mut obj: Value = serde_saphyr::from_str(&text).unwrap();
+        obj["metadata"]["namespace"] = json!(env.ns);
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let (group, version) = match obj["apiVersion"].as_str().unwrap().split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (
+                String::new(),
+                obj["apiVersion"].as_str().unwrap().to_string(),
+            ),
+        };
+        let gvk = GroupVersionKind::gvk(&group, &version, obj["kind"].as_str().unwrap());
+        let (ar, _) = kube::discovery::pinned_kind(&env.client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {gvk:?} is not served: {e}"));
+        let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
+        objects += 1;
+        if let Err(e) = api.patch(&name, &pp, &Patch::Apply(&obj)).await {
+            failures.push(format!("{file}: {e}"));
+        }
+        if gvk.kind != "InferenceService" {
+            continue;
+        }
+        let isvc: InferenceService = serde_json::from_value(obj).unwrap();
+        let cfg = Config::default();
+        let mut dry_run = |what: &str, r: Result<(), kube::Error>| {
+            children += 1;
+            if let Err(e) = r {
+                failures.push(format!("{file}: its {what}: {e}"));
+            }
+        };
+        let d = builders::deployment::build(&isvc, &cfg);
+        dry_run(
+            "Deployment",
+            env.api::<Deployment>()
+                .patch(&name, &pp, &Patch::Apply(&d))
+                .await
+                .map(drop),
+        );
+        let svc = builders::service::build(&isvc);
+        dry_run(
+            "Service",
+            env.api::<Service>()
+                .patch(&name, &pp, &Patch::Apply(&svc))
+                .await
+                .map(drop),
+        );
+        let pdb = builders::pdb::build(&isvc);
+        dry_run(
+            "PodDisruptionBudget",
+            env.api::<PodDisruptionBudget>()
+                .patch(&name, &pp, &Patch::Apply(&pdb))
+                .await
+                .map(drop),
+        );
+        if let Some(hpa) = builders::hpa::build(&isvc) {
+            dry_run(
+                "HorizontalPodAutoscaler",
+                env.api::<HorizontalPodAutoscaler>()
+                    .patch(&name, &pp, &Patch::Apply(&hpa))
+                    .await
+                    .map(drop),
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {objects} example objects and {children} children refused:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // 7 InferenceServices + the Ingress; each InferenceService has 3 or 4 children.
+    assert!(objects >= 8, "{objects} example objects");
+    assert!(children >= 22, "{children} children");
+    env.finish().await;
+}
+
 /// What an InferenceService of [`operator_killed_mid_reconcile_converges`] must end with.
 async fn converged(env: &Env, name: &str, spec: &Value) -> Option<()> {
     let isvc = env.isvcs().get(name).await.ok()?;

@@ -429,8 +429,9 @@ fn examples_are_admitted() {
         assert_admitted(value, &path);
         checked += 1;
     }
+    // local, hf, cpu, autoscaling, gpu, nlb, spot.
     assert!(
-        checked >= 2,
+        checked >= 7,
         "only {checked} example InferenceServices under {}",
         dir.display()
     );
