@@ -20,8 +20,10 @@ help:
 	@echo "make cluster-down  stop it and remove its state"
 
 # System packages the build needs: nasm assembles libjpeg-turbo's SIMD decoder.
-# buildah / podman / runc / mmdebstrap build and run the images (make images, its tests).
-DEB_TOOLS := nasm:nasm buildah:buildah podman:podman runc:runc mmdebstrap:mmdebstrap
+# buildah / podman / runc / mmdebstrap build and run the images (make images, its tests);
+# containerd and the CNI plugins run the real node (hack/real-node.sh).
+DEB_TOOLS := nasm:nasm buildah:buildah podman:podman runc:runc mmdebstrap:mmdebstrap containerd:containerd \
+	/usr/lib/cni/bridge:containernetworking-plugins
 deps:
 	@missing=""; for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing (apt)"; \

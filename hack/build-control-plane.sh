@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver, kube-controller-manager and helm from Go modules
+# Build etcd, kube-apiserver, kube-controller-manager, helm, and the node's kubelet, kube-proxy
+# and kube-scheduler (hack/real-node.sh) from Go modules
 # (hack/control-plane/, hack/control-plane/helm/) into
 #   ${INFERENCE_K8S_CACHE:-$HOME/.cache/inference-k8s}/<versions-key>/bin/
 # The key holds the k8s, etcd, helm and Go versions, so a bump rebuilds and a warm run
@@ -39,7 +40,7 @@ done
 
 key="k8s-${k8s_ver}_etcd-${etcd_ver}_helm-${helm_ver}_${go_ver}"
 bin_dir="${INFERENCE_K8S_CACHE:-$HOME/.cache/inference-k8s}/${key}/bin"
-bins=(etcd kube-apiserver kube-controller-manager helm)
+bins=(etcd kube-apiserver kube-controller-manager helm kubelet kube-proxy kube-scheduler)
 
 complete() { local b; for b in "${bins[@]}"; do [[ -x "$bin_dir/$b" ]] || return 1; done; }
 
@@ -90,5 +91,8 @@ else
   build kube-apiserver "$cp_mod" k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ld"
   build kube-controller-manager "$cp_mod" k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ld"
   build helm "$helm_mod" helm.sh/helm/v3/cmd/helm "$helm_ld"
+  build kubelet "$cp_mod" k8s.io/kubernetes/cmd/kubelet "$k8s_ld"
+  build kube-proxy "$cp_mod" k8s.io/kubernetes/cmd/kube-proxy "$k8s_ld"
+  build kube-scheduler "$cp_mod" k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ld"
 fi
 echo "$bin_dir"

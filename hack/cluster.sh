@@ -3,15 +3,19 @@
 # from source by hack/build-control-plane.sh. No scheduler and no kubelet: Pods stay Pending,
 # unless the local node (local-node/, see node-up) runs: it schedules and runs them.
 #
-# Usage: hack/cluster.sh up|down|status|env|node-up|node-down
+# Usage: hack/cluster.sh up|down|status|env|node-up|node-down|import
 #   up      build or reuse the binaries, create certs, start what is not running, wait for
 #           /readyz and the default ServiceAccount, write $CLUSTER_STATE_DIR/kubeconfig;
 #           also runs node-up when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are both set.
+#           With CLUSTER_NODE=real: a real node instead (hack/real-node.sh: containerd, kubelet,
+#           kube-proxy in a network namespace, kube-scheduler); kube-apiserver then listens on
+#           the host end of the node's veth, 198.19.255.1, not on 127.0.0.1.
 #           If it fails, it stops what it started (not what was already running).
 #   down    stop the local node (and its pod processes), then the control plane
 #           (SIGTERM, SIGKILL after CLUSTER_STOP_TIMEOUT), and delete the state
 #   status  show which processes run
 #   env     print `export KUBECONFIG=...` (use: eval "$(hack/cluster.sh env)")
+#   import TAG...  (CLUSTER_NODE=real) copy images from buildah's storage into the node
 #   node-up    start the local node (local-node/: registers a Node, schedules pods onto it,
 #              runs inference-server pods as local processes); needs LOCAL_NODE_BIN and
 #              INFERENCE_SERVER_BIN; waits until the Node is Ready
@@ -41,6 +45,8 @@
 #                                             be in use on this machine. Not loopback: the apiserver
 #                                             refuses loopback IPs in EndpointSlices
 #   CLUSTER_NODE_ARGS          extra local-node flags (word-split), e.g. --default-env MODEL_PATH=/w.safetensors
+#   CLUSTER_NODE               local (default: local-node, when its binaries are given) or real
+#   REAL_NODE_IMAGES           (CLUSTER_NODE=real) image tags imported into the node at up
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -58,6 +64,15 @@ KCM_CONTROLLERS_DEFAULT=deployment-controller,replicaset-controller,garbage-coll
 KCM_CONTROLLERS=${CLUSTER_KCM_CONTROLLERS:-$KCM_CONTROLLERS_DEFAULT}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 MARKER=.inference-cluster-state
+NODE_KIND=${CLUSTER_NODE:-local}
+case "$NODE_KIND" in local|real) ;; *) echo "cluster: error: CLUSTER_NODE must be local or real, not '$NODE_KIND'" >&2; exit 2 ;; esac
+# A real node reaches kube-apiserver over its veth (hack/real-node.sh); otherwise loopback only.
+API_HOST=127.0.0.1
+[[ $NODE_KIND == real ]] && API_HOST=198.19.255.1
+REAL_NODE=$here/real-node.sh
+# A kubelet registers its Node tainted not-ready until the node lifecycle controller lifts it.
+[[ $NODE_KIND == real && ${CLUSTER_KCM_CONTROLLERS:-} == "" ]] && KCM_CONTROLLERS+=,node-lifecycle-controller
+export CLUSTER_STATE_DIR=$S CLUSTER_APISERVER_PORT=$API_PORT CLUSTER_SERVICE_CIDR=$SERVICE_CIDR
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
@@ -107,6 +122,7 @@ stop_started_on_failure() {
   log "up failed: stopping what this attempt started (${STARTED[*]})"
   for (( i=${#STARTED[@]}-1; i>=0; i-- )); do
     c=${STARTED[i]}
+    if [[ $c == real-node ]]; then "$REAL_NODE" down || true; continue; fi
     if [[ $c == local-node ]]; then pid=$(node_pid) || continue; else pid=$(pid_of "$c") || continue; fi
     stop_pid "$c" "$pid"
   done
@@ -139,7 +155,7 @@ start_bg() { # component args...
 # ---------------------------------------------------------------------------------- certs
 gen_certs() {
   local P="$S/pki"
-  [[ -f "$P/.done" ]] && return
+  [[ -f "$P/.done" && -f "$P/apiserver-kubelet-client.crt" ]] && return
   log "generating certificates in $P"
   rm -rf "$P"; mkdir -p "$P"
   local svc_ip
@@ -158,9 +174,10 @@ gen_certs() {
     }
     leaf apiserver "/CN=kube-apiserver" \
       "extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:$svc_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:198.19.255.1,IP:$svc_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     leaf admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
     leaf kcm "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+    leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
     # front-proxy (aggregation layer, e.g. a metrics API for the HPA): its own CA and client
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
       -keyout front-proxy-ca.key -out front-proxy-ca.crt -subj "/CN=inference-local-front-proxy-ca" \
@@ -195,7 +212,7 @@ kind: Config
 clusters:
 - name: inference-local
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$API_HOST:$API_PORT
     certificate-authority-data: $($b64 <"$S/pki/ca.crt")
 users:
 - name: $2
@@ -216,7 +233,7 @@ EOF
 
 api_get() { # path
   curl -fsS --max-time 5 --cacert "$S/pki/ca.crt" --cert "$S/pki/admin.crt" --key "$S/pki/admin.key" \
-    "https://127.0.0.1:$API_PORT$1"
+    "https://$API_HOST:$API_PORT$1"
 }
 
 # ---------------------------------------------------------------------------------- commands
@@ -240,14 +257,16 @@ cmd_up() {
   mkdir -p "$S/run" "$S/logs" "$S/etcd" "$S/kcm"
   touch "$S/$MARKER"
   # settings that must not change under a running cluster
-  echo "ports etcd=$ETCD_PORT/$ETCD_PEER_PORT apiserver=$API_PORT kcm=$KCM_PORT cidr=$SERVICE_CIDR bin=$BIN" >"$S/run/settings.new"
+  echo "ports etcd=$ETCD_PORT/$ETCD_PEER_PORT apiserver=$API_PORT kcm=$KCM_PORT cidr=$SERVICE_CIDR bin=$BIN node=$NODE_KIND" >"$S/run/settings.new"
   if [[ -f "$S/run/settings" ]] && ! cmp -s "$S/run/settings" "$S/run/settings.new"; then
     local running=0
     for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null && running=1; done
     (( running )) && die "the running cluster was started with other settings ($(cat "$S/run/settings")); run '$0 down' first"
-    # The Service range is baked into the serving certificate and the objects in etcd.
-    if [[ "$(grep -o 'cidr=[^ ]*' "$S/run/settings")" != "cidr=$SERVICE_CIDR" ]]; then
-      log "the Service range changed: starting from fresh certificates and etcd data"
+    # The Service range is baked into the serving certificate and the objects in etcd; the
+    # node kind decides the apiserver's address (and the Node objects in etcd).
+    if [[ "$(grep -o 'cidr=[^ ]*' "$S/run/settings")" != "cidr=$SERVICE_CIDR" ||
+          "$(grep -o 'node=[^ ]*' "$S/run/settings")" != "node=$NODE_KIND" ]]; then
+      log "the Service range or node kind changed: starting from fresh certificates and etcd data"
       rm -rf "$S/pki" "$S/etcd"
       mkdir -p "$S/etcd"
     fi
@@ -263,6 +282,11 @@ cmd_up() {
   pid_of kube-controller-manager >/dev/null || require_free_port kube-controller-manager "$KCM_PORT"
 
   export GOMAXPROCS=${GOMAXPROCS:-2}
+  if [[ $NODE_KIND == real ]]; then
+    # The node's namespace and veth first: kube-apiserver listens on the veth's host end.
+    [[ -e /run/netns/inference-node ]] || STARTED+=(real-node)
+    "$REAL_NODE" net-up
+  fi
 
   if pid_of etcd >/dev/null; then log "etcd already running"; else
     start_bg etcd --name=inference-local --data-dir="$S/etcd" \
@@ -280,8 +304,10 @@ cmd_up() {
     # shellcheck disable=SC2086
     start_bg kube-apiserver \
       --etcd-servers="http://127.0.0.1:$ETCD_PORT" --etcd-prefix=/registry \
-      --bind-address=127.0.0.1 --secure-port="$API_PORT" \
-      --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+      --bind-address="$API_HOST" --secure-port="$API_PORT" \
+      --advertise-address="$API_HOST" --endpoint-reconciler-type="$([[ $NODE_KIND == real ]] && echo lease || echo none)" \
+      --kubelet-client-certificate="$S/pki/apiserver-kubelet-client.crt" --kubelet-client-key="$S/pki/apiserver-kubelet-client.key" \
+      --kubelet-preferred-address-types=InternalIP \
       --tls-cert-file="$S/pki/apiserver.crt" --tls-private-key-file="$S/pki/apiserver.key" \
       --client-ca-file="$S/pki/ca.crt" \
       --requestheader-client-ca-file="$S/pki/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
@@ -322,7 +348,10 @@ cmd_up() {
     api_get /api/v1/namespaces/default/serviceaccounts/default
 
   log "control plane up in $((SECONDS - t_up))s; binaries (incl. helm): $BIN"
-  if [[ -n "${LOCAL_NODE_BIN:-}" && -n "${INFERENCE_SERVER_BIN:-}" ]]; then cmd_node_up; fi
+  if [[ $NODE_KIND == real ]]; then
+    [[ " ${STARTED[*]} " == *" real-node "* ]] || STARTED+=(real-node)
+    BIN=$BIN "$REAL_NODE" up
+  elif [[ -n "${LOCAL_NODE_BIN:-}" && -n "${INFERENCE_SERVER_BIN:-}" ]]; then cmd_node_up; fi
   echo "export KUBECONFIG=$S/kubeconfig"
 }
 
@@ -427,6 +456,8 @@ cmd_down() {
   [[ -f "$S/$MARKER" ]] || die "$S is not a cluster state dir (no $MARKER); not touching it"
   local c pid i
   cmd_node_down
+  # A real node (pods, containerd, kubelet, the namespace, routes, rules) before its apiserver.
+  if [[ -d "$S/real-node" || -e /run/netns/inference-node ]]; then "$REAL_NODE" down; fi
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
     c=${COMPONENTS[i]}
     if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi
@@ -444,8 +475,9 @@ cmd_status() {
   done
   if pid=$(node_pid); then printf '%-24s running  pid %s\n' local-node "$pid"
   elif [[ -f "$S/run/local-node.pid" ]]; then printf '%-24s stopped\n' local-node; rc=3; fi
+  if [[ -d "$S/real-node" ]]; then "$REAL_NODE" status || rc=3; fi
   if [[ -f "$S/pki/ca.crt" ]] && api_get /readyz >/dev/null 2>&1; then
-    echo "apiserver /readyz        ok  https://127.0.0.1:$API_PORT"
+    echo "apiserver /readyz        ok  https://$API_HOST:$API_PORT"
   else
     echo "apiserver /readyz        not ready"; rc=3
   fi
@@ -462,5 +494,6 @@ case "${1:-}" in
   env) cmd_env ;;
   node-up) cmd_node_up ;;
   node-down) cmd_node_down ;;
-  *) sed -n '2,40p' "$0" >&2; exit 2 ;;
+  import) shift; "$REAL_NODE" import "$@" ;;
+  *) sed -n '2,48p' "$0" >&2; exit 2 ;;
 esac

@@ -3,7 +3,9 @@
 # unchanged Dockerfiles, tagged with the workspace version, and prints their sizes, layers and
 # build times. Base images come from hack/base-images.sh (no registry is reachable here).
 #   IMAGE_REPO (default ghcr.io/inference-server): where the tags point, e.g. an ECR repository.
-#   IMAGES="inference operator" (default both): which to build.
+#   IMAGES="inference operator demo" (default all three): which to build. demo is the inference
+#   image with random weights baked in (hack/demo-image/Dockerfile), for make demo and the
+#   real-node tests; it needs the inference image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "hack/images.sh: $*" >&2; exit 1; }
@@ -48,18 +50,26 @@ report() { # tag
   podman history --format '    {{.Size}}\t{{.CreatedBy}}' "$1" | cut -c1-150
 }
 
-want=${IMAGES:-inference operator}
+want=${IMAGES:-inference operator demo}
 for w in $want; do
   case $w in
     inference) build Dockerfile.inference "$repo/inference-server:$version" ;;
     operator) build Dockerfile.operator "$repo/inference-operator:$version" ;;
-    *) die "IMAGES: unknown image '$w' (inference, operator)" ;;
+    demo)
+      t0=$SECONDS
+      buildah build --quiet --pull=never --network=none --layers --format docker \
+        --build-arg BASE="$repo/inference-server:$version" -f hack/demo-image/Dockerfile \
+        -t "$repo/resnet50-demo:$version" hack/demo-image >.state/images/demo.log 2>&1 \
+        || { tail -n 30 .state/images/demo.log >&2; die "the demo image could not be built (needs the inference image)"; }
+      echo "  $repo/resnet50-demo:$version built in $(( SECONDS - t0 ))s" ;;
+    *) die "IMAGES: unknown image '$w' (inference, operator, demo)" ;;
   esac
 done
 for w in $want; do
   case $w in
     inference) report "$repo/inference-server:$version" ;;
     operator) report "$repo/inference-operator:$version" ;;
+    demo) report "$repo/resnet50-demo:$version" ;;
   esac
 done
 

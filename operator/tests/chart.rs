@@ -570,20 +570,6 @@ async fn install_run_under_its_service_account_upgrade_uninstall() {
 
 // ---- Alerts (files/alerts.yaml) ------------------------------------------------------------
 
-/// The path a hack script prints (it fetches or builds the tool once, then answers from cache).
-fn script_output(script: &str, args: &[&str]) -> PathBuf {
-    let out = Command::new(repo_file(script))
-        .args(args)
-        .output()
-        .expect(script);
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 /// Where a metric name may come from: the server's and the operator's metric sources, or the
 /// standard exporters the chart README lists.
 struct MetricSources {

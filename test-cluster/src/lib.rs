@@ -129,6 +129,17 @@ pub struct Options {
     pub state_root: Option<PathBuf>,
     /// Extra kube-apiserver flags (e.g. an audit log for a benchmark).
     pub apiserver_args: Vec<String>,
+    /// A real node instead (hack/real-node.sh: containerd, kubelet, kube-proxy in a network
+    /// namespace, kube-scheduler), with these images imported from buildah's storage. One per
+    /// machine: its namespace and addresses are fixed.
+    pub real_node: Option<RealNode>,
+}
+
+/// Settings of a real node (see [`Options::real_node`]).
+#[derive(Clone, Debug, Default)]
+pub struct RealNode {
+    /// Image tags to import into the node's containerd (`make images` builds them).
+    pub images: Vec<String>,
 }
 
 impl Options {
@@ -226,6 +237,10 @@ impl Cluster {
                     opts.apiserver_args.join(" "),
                 ),
             ];
+            if let Some(r) = &opts.real_node {
+                env.push(("CLUSTER_NODE".into(), "real".into()));
+                env.push(("REAL_NODE_IMAGES".into(), r.images.join(" ")));
+            }
             if let Some(n) = &opts.local_node {
                 env.push((
                     "LOCAL_NODE_BIN".into(),
@@ -289,7 +304,11 @@ impl Cluster {
         let mut cmd = Command::new(program);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if k.starts_with("CLUSTER_") || k == "LOCAL_NODE_BIN" || k == "INFERENCE_SERVER_BIN" {
+            if k.starts_with("CLUSTER_")
+                || k == "LOCAL_NODE_BIN"
+                || k == "INFERENCE_SERVER_BIN"
+                || k == "REAL_NODE_IMAGES"
+            {
                 cmd.env_remove(&*k);
             }
         }

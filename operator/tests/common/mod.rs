@@ -921,3 +921,17 @@ pub fn api_server_addr(kubeconfig: &Path) -> std::net::SocketAddr {
     let hostport = server.trim_start_matches("https://").trim_end_matches('/');
     hostport.parse().unwrap_or_else(|e| panic!("{server}: {e}"))
 }
+
+/// The path a hack script prints (it fetches or builds the tool once, then answers from cache).
+pub fn script_output(script: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new(repo_file(script))
+        .args(args)
+        .output()
+        .expect(script);
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

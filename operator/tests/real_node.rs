@@ -1,0 +1,279 @@
+//! The system as users run it, on a real node (hack/real-node.sh: upstream kubelet, containerd
+//! and runc, the CNI bridge and kube-proxy in a network namespace of their own, kube-scheduler):
+//! the operator installed by its Helm chart runs as a pod under its own ServiceAccount, and an
+//! InferenceService of the demo image (random weights baked in) becomes Ready on the kubelet's
+//! probes and answers a prediction through its Service's ClusterIP (kube-proxy's DNAT).
+//!
+//! Needs root, containerd (make deps) and the images (`make images`: the inference, operator and
+//! demo images in buildah's storage; tools/test.sh builds them first). Without them the test
+//! says so and checks nothing, except under CI, where it fails. Its own test binary: a real node
+//! is one per machine (fixed namespace and addresses).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use inference_operator::crd::InferenceService;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use test_cluster::{Cluster, Options, RealNode};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn image(name: &str) -> String {
+    format!("ghcr.io/inference-server/{name}:{VERSION}")
+}
+
+fn images() -> Vec<String> {
+    ["inference-server", "inference-operator", "resnet50-demo"]
+        .map(image)
+        .to_vec()
+}
+
+/// Why a real node cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["containerd", "buildah", "runc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} is not installed (make deps)"));
+        }
+    }
+    for tag in images() {
+        let present = Command::new("buildah")
+            .args(["inspect", "--type", "image", &tag])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !present {
+            return Some(format!("image {tag} is not built (make images)"));
+        }
+    }
+    None
+}
+
+fn real_cluster() -> Option<&'static Cluster> {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "a real node cannot run: {why}"
+        );
+        eprintln!("SKIPPED: a real node cannot run: {why}");
+        return None;
+    }
+    Some(Cluster::shared(|| Options {
+        state_root: Some(tmp_dir()),
+        real_node: Some(RealNode { images: images() }),
+        ..Default::default()
+    }))
+}
+
+fn helm(cluster: &Cluster, args: &[&str]) -> String {
+    let bin = script_output("hack/build-control-plane.sh", &["--print-bin-dir"]).join("helm");
+    let home = tmp_dir().join("helm-home-real-node");
+    let out = Command::new(bin)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cat_jpg() -> Vec<u8> {
+    std::fs::read(repo_file("inference/tests/fixtures/images/cat.jpg")).unwrap()
+}
+
+/// POST /predict with a JPEG body: (status, JSON body).
+async fn predict(url: String, image: Vec<u8>) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut resp = agent
+            .post(&url)
+            .header("Content-Type", "image/jpeg")
+            .send(&image[..])
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kube_proxy() {
+    let Some(cluster) = real_cluster() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let client = cluster.client().await;
+    let node = "inference-node";
+
+    // The operator from its chart: a pod of the operator image under the chart's ServiceAccount.
+    let chart: PathBuf = repo_file("charts/inference-operator");
+    helm(
+        cluster,
+        &[
+            "install",
+            "inference-operator",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "inference-system",
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+    let ops: Api<Pod> = Api::namespaced(client.clone(), "inference-system");
+    let op_pods = ops.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(op_pods.len(), 1, "{op_pods:#?}");
+    let op = &op_pods[0];
+    let op_spec = op.spec.as_ref().unwrap();
+    assert_eq!(op_spec.node_name.as_deref(), Some(node));
+    assert_eq!(
+        op_spec.service_account_name.as_deref(),
+        Some("inference-operator")
+    );
+    assert_eq!(
+        op_spec.containers[0].image.as_deref(),
+        Some(image("inference-operator").as_str())
+    );
+    eprintln!(
+        "operator pod {} Running on {node} after {:.1}s",
+        op.metadata.name.as_deref().unwrap_or_default(),
+        t0.elapsed().as_secs_f32()
+    );
+
+    // An InferenceService of the demo image, through the operator in the cluster.
+    let ns = "demo";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns);
+    let isvc = json!({
+        "apiVersion": "serving.inference-server.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "resnet50", "namespace": ns},
+        "spec": {
+            "model": {"name": "resnet50", "version": "1.0"},
+            "image": image("resnet50-demo"),
+            "replicas": 2,
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                          "limits": {"cpu": "1", "memory": "1Gi"}},
+        }
+    });
+    isvcs
+        .patch(
+            "resnet50",
+            &PatchParams::apply("real-node-test").force(),
+            &Patch::Apply(&isvc),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let got = isvcs.get("resnet50").await.unwrap();
+        if cond_of(&got, "Ready").0 == "True" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not Ready after 240 s: {}",
+            status_json(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "InferenceService Ready after {:.1}s",
+        t0.elapsed().as_secs_f32()
+    );
+
+    // Its pods run on the kubelet, restricted, with the operator's probes and drain.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = pods.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(pods.len(), 2);
+    for p in &pods {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(node));
+        let sc = spec.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        let c = &spec.containers[0];
+        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        assert!(
+            c.lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .is_some()
+        );
+        let ip = p.status.as_ref().unwrap().pod_ip.as_deref().unwrap();
+        assert!(ip.starts_with("198.18.0."), "pod IP {ip}");
+    }
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    assert_eq!(
+        deploy
+            .get("resnet50")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .ready_replicas,
+        Some(2)
+    );
+
+    // A prediction through the Service's ClusterIP: kube-proxy's DNAT in the node's namespace.
+    let svc: Api<Service> = Api::namespaced(client.clone(), ns);
+    let svc = svc.get("resnet50").await.unwrap();
+    let spec = svc.spec.unwrap();
+    let ip = spec.cluster_ip.unwrap();
+    let port = spec.ports.unwrap()[0].port;
+    let (code, body) = predict(format!("http://{ip}:{port}/predict"), cat_jpg()).await;
+    assert_eq!(code, 200, "{body}");
+    let preds = body["predictions"].as_array().expect("predictions");
+    assert_eq!(preds.len(), 5, "{body}");
+    eprintln!(
+        "prediction through ClusterIP {ip}:{port} after {:.1}s: {}",
+        t0.elapsed().as_secs_f32(),
+        preds[0]
+    );
+    helm(
+        cluster,
+        &[
+            "uninstall",
+            "inference-operator",
+            "--namespace",
+            "inference-system",
+        ],
+    );
+}
