@@ -101,18 +101,24 @@ bench-gpu:
 crds:
 	$(CARGO) run -q --release -p inference-operator --bin crdgen -- --rbac rbac --chart charts/inference-operator crds
 
-# The local control plane (etcd, kube-apiserver, kube-controller-manager), built from Go modules.
-cluster-up: build
-	LOCAL_NODE_BIN=target/release/local-node INFERENCE_SERVER_BIN=target/release/inference-server hack/cluster.sh up
+# The local cluster, built from Go modules: etcd, kube-apiserver, kube-controller-manager and a
+# real node (hack/real-node.sh: kubelet, containerd, kube-proxy in a network namespace,
+# kube-scheduler, CoreDNS, metrics-server) with the project's images imported (make images).
+# Needs root. The environment line it prints sets KUBECONFIG.
+VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+CLUSTER_IMAGES := $(IMAGE_REPO)/inference-server:$(VERSION) $(IMAGE_REPO)/inference-operator:$(VERSION) $(IMAGE_REPO)/resnet50-demo:$(VERSION)
+cluster-up: images
+	CLUSTER_NODE=real REAL_NODE_IMAGES="$(CLUSTER_IMAGES)" hack/cluster.sh up
 
-# Also stops the demo's operator process.
+# Stops everything cluster-up started (and a local-node cluster) and removes its state.
 cluster-down:
 	@if [ -f $(STATE)/demo/operator.pid ]; then kill $$(cat $(STATE)/demo/operator.pid) 2>/dev/null || true; rm -f $(STATE)/demo/operator.pid; fi
 	hack/cluster.sh down
 
-# Control plane + local node + operator + an InferenceService, then a prediction over HTTP.
-demo: build weights
-	tools/demo.sh $(WEIGHTS)
+# The images, the cluster with a real node, the operator from its chart, an InferenceService,
+# and a prediction from a client pod through the Service's DNS name.
+demo: images
+	tools/demo.sh
 
 clean:
 	rm -rf $(STATE)

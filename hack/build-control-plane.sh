@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build etcd, kube-apiserver, kube-controller-manager, helm, and the node's kubelet, kube-proxy
-# and kube-scheduler (hack/real-node.sh) from Go modules
+# and kube-scheduler (hack/real-node.sh), and kubectl, from Go modules
 # (hack/control-plane/, hack/control-plane/helm/) into
 #   ${INFERENCE_K8S_CACHE:-$HOME/.cache/inference-k8s}/<versions-key>/bin/
 # The key holds the k8s, etcd, helm and Go versions, so a bump rebuilds and a warm run
@@ -40,7 +40,7 @@ done
 
 key="k8s-${k8s_ver}_etcd-${etcd_ver}_helm-${helm_ver}_${go_ver}"
 bin_dir="${INFERENCE_K8S_CACHE:-$HOME/.cache/inference-k8s}/${key}/bin"
-bins=(etcd kube-apiserver kube-controller-manager helm kubelet kube-proxy kube-scheduler)
+bins=(etcd kube-apiserver kube-controller-manager helm kubelet kube-proxy kube-scheduler kubectl)
 
 complete() { local b; for b in "${bins[@]}"; do [[ -x "$bin_dir/$b" ]] || return 1; done; }
 
@@ -94,5 +94,6 @@ else
   build kubelet "$cp_mod" k8s.io/kubernetes/cmd/kubelet "$k8s_ld"
   build kube-proxy "$cp_mod" k8s.io/kubernetes/cmd/kube-proxy "$k8s_ld"
   build kube-scheduler "$cp_mod" k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ld"
+  build kubectl "$cp_mod" k8s.io/kubernetes/cmd/kubectl "$k8s_ld"
 fi
 echo "$bin_dir"

@@ -9,7 +9,9 @@
 #   hack/real-node.sh net-up     the namespace, the veth, host routes and the FORWARD guard
 #                                (before kube-apiserver: it listens on the host end)
 #   hack/real-node.sh up         certificates, containerd (+ pause image), kubelet, kube-proxy,
-#                                kube-scheduler; waits until the Node is Ready
+#                                kube-scheduler; waits until the Node is Ready; then CoreDNS and
+#                                metrics-server (hack/node-addons.yaml, images from
+#                                hack/build-node-addons.sh) unless REAL_NODE_ADDONS=0
 #   hack/real-node.sh import TAG...  copy images from buildah's storage into the node
 #   hack/real-node.sh down       stop everything by recorded PIDs, kill what runs in the pods'
 #                                cgroups, unmount, remove the namespace, veth, routes, rules,
@@ -304,7 +306,7 @@ node_ready() {
 cmd_up() {
   [[ -f "$S/pki/ca.key" ]] || die "no control plane at $S (hack/cluster.sh up with CLUSTER_NODE=real)"
   local b
-  for b in kubelet kube-proxy kube-scheduler; do [[ -x "$BIN/$b" ]] || die "missing $BIN/$b (hack/build-control-plane.sh)"; done
+  for b in kubelet kube-proxy kube-scheduler kubectl; do [[ -x "$BIN/$b" ]] || die "missing $BIN/$b (hack/build-control-plane.sh)"; done
   for b in containerd containerd-shim-runc-v2 ctr runc nsenter iptables buildah gcc; do
     command -v "$b" >/dev/null || die "$b not found (make deps installs containerd, runc, buildah)"
   done
@@ -345,6 +347,31 @@ cmd_up() {
       --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false
   fi
   wait_for "node $NODE_NAME Ready" kubelet node_ready
+  [[ ${REAL_NODE_ADDONS:-1} == 0 ]] || addons_up
+}
+
+kubectl_() { "$BIN/kubectl" --kubeconfig "$S/kubeconfig" "$@"; }
+
+# CoreDNS (cluster DNS) and metrics-server (resource metrics for the HPA), as pods of images
+# built here; waits until DNS answers and the metrics API serves.
+addons_up() {
+  local tags coredns metrics
+  tags=$("$here/build-node-addons.sh") || die "the add-on images could not be built"
+  coredns=$(grep /coredns: <<<"$tags") metrics=$(grep /metrics-server: <<<"$tags")
+  # shellcheck disable=SC2086 # the add-ons and the client image (busybox), one tag a line
+  cmd_import $tags
+  sed -e "s|__COREDNS_IMAGE__|$coredns|" -e "s|__METRICS_SERVER_IMAGE__|$metrics|" -e "s|__DNS_IP__|$DNS_IP|" \
+    "$here/node-addons.yaml" >"$R/node-addons.yaml"
+  kubectl_ apply --server-side --force-conflicts --field-manager=inference-real-node -f "$R/node-addons.yaml" >/dev/null
+  local t0=$SECONDS
+  local d
+  for d in coredns metrics-server; do
+    kubectl_ -n kube-system rollout status "deployment/$d" --timeout="${START_TIMEOUT}s" >/dev/null \
+      || die "$d did not become ready; kubectl -n kube-system describe pods -l k8s-app"
+  done
+  kubectl_ wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout="${START_TIMEOUT}s" >/dev/null \
+    || die "the metrics API (metrics-server) is not Available"
+  log "CoreDNS ($DNS_IP) and metrics-server ready after $((SECONDS - t0))s"
 }
 
 # ------------------------------------------------------------------------------ down

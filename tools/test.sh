@@ -29,6 +29,9 @@ export HADOLINT=$PWD/.state/venv-lint/bin/hadolint
 # The same venv's Python validates examples/eksctl and examples/ecs (operator/tests/examples.rs).
 export EXAMPLES_PYTHON=$PWD/.state/venv-lint/bin/python
 phase "container images (hack/images.sh)" env -u IMAGE_REPO hack/images.sh
+# The real node's add-ons (CoreDNS, metrics-server: Go modules, cached) and a client image;
+# operator/tests/real_node.rs and test-cluster/tests/real_node_teardown.rs run the real node.
+phase "real-node add-on images (hack/build-node-addons.sh)" hack/build-node-addons.sh
 phase "cargo test (workspace, release)" cargo test --release --workspace --no-fail-fast
 # The CPU network picks the widest kernels the CPU has; run the narrower ones here too, so every
 # kernel set is tested on this machine (the GEMM unit test already covers each one alone).

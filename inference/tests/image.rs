@@ -339,14 +339,19 @@ fn dockerfiles_carry_the_workspace_version() {
             "{f}"
         );
     }
-    let baked = arg_default(&repo_file("examples/weights-baked/Dockerfile"), "BASE");
-    assert_eq!(
-        baked,
-        format!(
-            "ghcr.io/inference-server/inference-server:{}",
-            env!("CARGO_PKG_VERSION")
-        )
-    );
+    for f in [
+        "examples/weights-baked/Dockerfile",
+        "hack/demo-image/Dockerfile",
+    ] {
+        assert_eq!(
+            arg_default(&repo_file(f), "BASE"),
+            format!(
+                "ghcr.io/inference-server/inference-server:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "{f}"
+        );
+    }
 }
 
 /// The CUDA stage builds what `make build-cuda` builds: same cargo command and features, same
@@ -444,6 +449,7 @@ fn dockerfiles_pass_hadolint() {
         "Dockerfile.inference",
         "Dockerfile.operator",
         "examples/weights-baked/Dockerfile",
+        "hack/demo-image/Dockerfile",
     ] {
         let out = Command::new(&hadolint)
             .current_dir(&root)

@@ -1,8 +1,9 @@
 //! The system as users run it, on a real node (hack/real-node.sh: upstream kubelet, containerd
 //! and runc, the CNI bridge and kube-proxy in a network namespace of their own, kube-scheduler):
-//! the operator installed by its Helm chart runs as a pod under its own ServiceAccount, and an
-//! InferenceService of the demo image (random weights baked in) becomes Ready on the kubelet's
-//! probes and answers a prediction through its Service's ClusterIP (kube-proxy's DNAT).
+//! the operator installed by its Helm chart runs as a pod under its own ServiceAccount, and
+//! `examples/resnet50-demo.yaml` (the demo image: random weights baked in) becomes Ready on the
+//! kubelet's probes and answers predictions through its Service's ClusterIP (kube-proxy's DNAT)
+//! and, from a client pod, through its DNS name (CoreDNS); metrics-server reports its pods' CPU.
 //!
 //! Needs root, containerd (make deps) and the images (`make images`: the inference, operator and
 //! demo images in buildah's storage; tools/test.sh builds them first). Without them the test
@@ -182,18 +183,10 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         .await
         .unwrap();
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), ns);
-    let isvc = json!({
-        "apiVersion": "serving.inference-server.dev/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": {"name": "resnet50", "namespace": ns},
-        "spec": {
-            "model": {"name": "resnet50", "version": "1.0"},
-            "image": image("resnet50-demo"),
-            "replicas": 2,
-            "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                          "limits": {"cpu": "1", "memory": "1Gi"}},
-        }
-    });
+    // The demo's own file, as make demo applies it (its image must be the one make images made).
+    let text = std::fs::read_to_string(repo_file("examples/resnet50-demo.yaml")).unwrap();
+    let isvc: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(isvc["spec"]["image"], json!(image("resnet50-demo")));
     isvcs
         .patch(
             "resnet50",
@@ -266,6 +259,130 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         "prediction through ClusterIP {ip}:{port} after {:.1}s: {}",
         t0.elapsed().as_secs_f32(),
         preds[0]
+    );
+
+    // From a client pod, by the Service's DNS name: CoreDNS, then the ClusterIP. busybox's wget
+    // posts text only (it stops at the first NUL byte), so the photo goes base64 in an Open
+    // Inference Protocol v2 request, with Triton's classification extension for the top 5.
+    let client_image = String::from_utf8(
+        Command::new(repo_file("hack/build-node-addons.sh"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .lines()
+    .find(|l| l.contains("/busybox:"))
+    .expect("the client image")
+    .to_string();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    use base64::Engine as _;
+    let request = json!({
+        "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                    "data": [base64::engine::general_purpose::STANDARD.encode(cat_jpg())]}],
+        "outputs": [{"name": "logits", "parameters": {"classification": 5}}],
+    });
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("photo".into()),
+            ..Default::default()
+        },
+        data: Some([("cat.json".to_string(), request.to_string())].into()),
+        ..Default::default()
+    };
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let pod = json!({
+        "metadata": {"name": "client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "client", "image": client_image, "imagePullPolicy": "Never",
+                "command": ["/bin/busybox", "wget", "-q", "-O", "-", "--header",
+                            "Content-Type: application/json", "--post-file", "/photo/cat.json",
+                            format!("http://resnet50.{ns}.svc.cluster.local/v2/models/resnet50/infer")],
+                "securityContext": {"allowPrivilegeEscalation": false,
+                                    "readOnlyRootFilesystem": true,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "photo", "mountPath": "/photo"}],
+            }],
+            "volumes": [{"name": "photo", "configMap": {"name": "photo"}}],
+        }
+    });
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods_api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap();
+    let phase = test_cluster::wait_for(
+        "the client pod to finish",
+        Duration::from_secs(90),
+        || async {
+            let p = pods_api.get("client").await.ok()?;
+            let phase = p.status?.phase?;
+            (phase == "Succeeded" || phase == "Failed").then_some(phase)
+        },
+    )
+    .await;
+    let logs = pods_api.logs("client", &Default::default()).await.unwrap();
+    assert_eq!(phase, "Succeeded", "client pod: {logs}");
+    let answer: Value = serde_json::from_str(&logs).unwrap_or_else(|e| panic!("{e}: {logs}"));
+    // "score:index:label", best first: the same classes /predict gave through the ClusterIP.
+    let top5: Vec<i64> = answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{logs}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let want: Vec<i64> = preds
+        .iter()
+        .map(|p| p["class_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(top5, want, "{logs}");
+    eprintln!(
+        "prediction from a client pod via resnet50.{ns}.svc.cluster.local after {:.1}s",
+        t0.elapsed().as_secs_f32()
+    );
+
+    // metrics-server: the resource metrics API the HPA reads has both server pods' CPU.
+    let metrics = test_cluster::wait_for(
+        "pod metrics from metrics-server",
+        Duration::from_secs(120),
+        || async {
+            let ar = kube::core::ApiResource {
+                group: "metrics.k8s.io".into(),
+                version: "v1beta1".into(),
+                api_version: "metrics.k8s.io/v1beta1".into(),
+                kind: "PodMetrics".into(),
+                plural: "pods".into(),
+            };
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+            let lp = ListParams::default()
+                .labels("serving.inference-server.dev/inferenceservice=resnet50");
+            let v = serde_json::to_value(api.list(&lp).await.ok()?).ok()?;
+            (v["items"].as_array()?.len() == 2).then_some(v)
+        },
+    )
+    .await;
+    for item in metrics["items"].as_array().unwrap() {
+        let cpu = &item["containers"][0]["usage"]["cpu"];
+        assert!(cpu.is_string(), "{item}");
+    }
+    eprintln!(
+        "metrics.k8s.io has both pods after {:.1}s",
+        t0.elapsed().as_secs_f32()
     );
     helm(
         cluster,
