@@ -456,8 +456,11 @@ cmd_down() {
   [[ -f "$S/$MARKER" ]] || die "$S is not a cluster state dir (no $MARKER); not touching it"
   local c pid i
   cmd_node_down
-  # A real node (pods, containerd, kubelet, the namespace, routes, rules) before its apiserver.
-  if [[ -d "$S/real-node" || -e /run/netns/inference-node ]]; then "$REAL_NODE" down; fi
+  # A real node (pods, containerd, kubelet, the namespace, routes, rules) before its apiserver:
+  # only this cluster's (its state dir has real-node/ from net-up on). The namespace's name is
+  # fixed: a test binary's watchdog tearing down its own cluster must not take down the real
+  # node the next test binary has just started (it did: kube-apiserver could not bind).
+  if [[ -d "$S/real-node" ]]; then "$REAL_NODE" down; fi
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
     c=${COMPONENTS[i]}
     if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi

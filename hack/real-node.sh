@@ -51,6 +51,8 @@ RULE_TAG=inference-real-node
 # kubelet sets these VM-wide (protectKernelDefaults: false); down puts the old values back.
 KUBELET_SYSCTLS=(vm/overcommit_memory kernel/panic kernel/panic_on_oops vm/panic_on_oom)
 N=(nsenter "--net=/run/netns/$NS" --)
+# Which cluster's state dir owns the node's fixed names (namespace, veth, routes): one per machine.
+OWNER=/run/inference-node.owner
 
 log() { echo "real-node: $*" >&2; }
 die() { echo "real-node: error: $*" >&2; exit 1; }
@@ -98,7 +100,17 @@ kubectl_get() { # path
 
 # ------------------------------------------------------------------------------ network
 cmd_net_up() {
+  local owner
+  owner=$(cat "$OWNER" 2>/dev/null || true)
+  if [[ -e /run/netns/$NS && $owner != "$S" ]]; then
+    if [[ -n $owner && -d $owner/real-node ]]; then
+      die "the real node of another cluster runs here ($owner); one per machine: stop that one first (CLUSTER_STATE_DIR=$owner hack/cluster.sh down)"
+    fi
+    log "removing a leftover real node network (owner ${owner:-unknown} is gone)"
+    cmd_down_network
+  fi
   mkdir -p "$R/run" "$R/logs"
+  echo "$S" >"$OWNER"
   [[ -e /run/netns/$NS ]] || ip netns add "$NS"
   if [[ ! -e /sys/class/net/$HOST_IF ]]; then
     ip link add "$HOST_IF" type veth peer name eth0 netns "$NS"
@@ -402,36 +414,50 @@ kill_pod_processes() {
 }
 
 cmd_down() {
-  local c pid
+  local c pid owner mine=1
+  owner=$(cat "$OWNER" 2>/dev/null || true)
+  # The node's names and cgroups are fixed: if another cluster owns them now, touch only ours.
+  if [[ -n $owner && $owner != "$S" ]]; then
+    mine=0
+    log "the node's network and cgroups belong to another cluster now ($owner): left alone"
+  fi
   for c in kube-scheduler kube-proxy kubelet; do
     if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi
   done
-  kill_pod_processes
+  (( mine )) && kill_pod_processes
   if pid=$(pid_of containerd); then stop_pid containerd "$pid"; fi
-  kill_pod_processes
+  (( mine )) && kill_pod_processes
   # kubelet's volume mounts, containerd's rootfs and netns mounts: deepest first.
   if [[ -d $R ]]; then
     local m
     while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(awk -v r="$R" 'index($5, r) == 1 {print $5}' /proc/self/mountinfo | sort -r)
   fi
-  # The namespace (and with it cni0, the pods' veths and the node's iptables rules), the veth.
+  if (( mine )); then
+    cmd_down_network
+    # The pods' cgroups, deepest first.
+    local sub
+    for sub in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do
+      [[ -d $sub ]] && find "$sub" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+    if [[ -f $R/sysctls ]]; then
+      local key val
+      while read -r key val; do echo "$val" >"/proc/sys/$key" 2>/dev/null || true; done <"$R/sysctls"
+      log "restored ${KUBELET_SYSCTLS[*]}"
+    fi
+  fi
+  rm -rf "$R"
+}
+
+# The namespace (and with it cni0, the pods' veths and the node's iptables rules), the veth,
+# the host routes and FORWARD rules, the owner mark.
+cmd_down_network() {
   if [[ -e /sys/class/net/$HOST_IF ]]; then ip link del "$HOST_IF" && log "removed veth $HOST_IF"; fi
   if [[ -e /run/netns/$NS ]]; then ip netns del "$NS" && log "removed network namespace $NS"; fi
-  ip route del "$CLUSTER_CIDR" 2>/dev/null || true
+  ip route del "$CLUSTER_CIDR" via "$NODE_IP" 2>/dev/null || true
   ip route del "$SERVICE_CIDR" via "$NODE_IP" 2>/dev/null || true
   while iptables -D FORWARD -i "$HOST_IF" -m comment --comment "$RULE_TAG" -j DROP 2>/dev/null; do :; done
   while iptables -D FORWARD -o "$HOST_IF" -m comment --comment "$RULE_TAG" -j DROP 2>/dev/null; do :; done
-  # The pods' cgroups, deepest first.
-  local sub
-  for sub in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do
-    [[ -d $sub ]] && find "$sub" -depth -type d -exec rmdir {} + 2>/dev/null || true
-  done
-  if [[ -f $R/sysctls ]]; then
-    local key val
-    while read -r key val; do echo "$val" >"/proc/sys/$key" 2>/dev/null || true; done <"$R/sysctls"
-    log "restored ${KUBELET_SYSCTLS[*]}"
-  fi
-  rm -rf "$R"
+  rm -f "$OWNER"
 }
 
 cmd_status() {

@@ -76,6 +76,10 @@ fn leftovers(state: &Path) -> Vec<String> {
             Path::new("/sys/fs/cgroup/memory/inference-node").exists(),
         ),
         ("state dir", state.exists()),
+        (
+            "owner mark",
+            Path::new("/run/inference-node.owner").exists(),
+        ),
     ] {
         if present {
             left.push(what.to_string());
@@ -152,6 +156,18 @@ async fn down_after_kill_9_of_everything_leaves_nothing() {
         !sh("pgrep -x pause || true").trim().is_empty(),
         "no pause process runs"
     );
+
+    // A second real node is refused, naming the one that runs (the names are fixed).
+    let second = Cluster::start_with(Options {
+        real_node: Some(RealNode::default()),
+        ..Default::default()
+    });
+    let err = format!("{:#}", second.err().expect("a second real node started"));
+    assert!(
+        err.contains("one per machine") && err.contains(&*state.to_string_lossy()),
+        "{err}"
+    );
+    assert!(Path::new("/run/netns/inference-node").exists());
 
     // kill -9 of the whole set: control plane, containerd, kubelet, kube-proxy, scheduler.
     for f in ["run", "real-node/run"] {
