@@ -460,11 +460,13 @@ cmd_down() {
   # only this cluster's (its state dir has real-node/ from net-up on). The namespace's name is
   # fixed: a test binary's watchdog tearing down its own cluster must not take down the real
   # node the next test binary has just started (it did: kube-apiserver could not bind).
-  if [[ -d "$S/real-node" ]]; then "$REAL_NODE" down; fi
+  # Its processes first, its network after the control plane (kube-apiserver listens there).
+  if [[ -d "$S/real-node" ]]; then "$REAL_NODE" stop; fi
   for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
     c=${COMPONENTS[i]}
     if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi
   done
+  if [[ -d "$S/real-node" ]]; then "$REAL_NODE" down; fi
   rm -rf "$S"
   log "removed $S"
 }

@@ -13,6 +13,7 @@
 #                                metrics-server (hack/node-addons.yaml, images from
 #                                hack/build-node-addons.sh) unless REAL_NODE_ADDONS=0
 #   hack/real-node.sh import TAG...  copy images from buildah's storage into the node
+#   hack/real-node.sh stop       stop the node's daemons and pods (the network stays)
 #   hack/real-node.sh down       stop everything by recorded PIDs, kill what runs in the pods'
 #                                cgroups, unmount, remove the namespace, veth, routes, rules,
 #                                cgroups and state, and put back the sysctls kubelet changed
@@ -413,6 +414,22 @@ kill_pod_processes() {
   done
 }
 
+# The node's processes and the pods' (their network stays: kube-apiserver listens on the veth,
+# and it stops in 2 s while the veth is there but waits ~20 s for connections severed by
+# deleting it; hack/cluster.sh stops the control plane between stop and down).
+cmd_stop() { # [mine: 1 = kill what runs in the pods' cgroups too]
+  local c pid mine=${1:-1} owner
+  owner=$(cat "$OWNER" 2>/dev/null || true)
+  [[ -n $owner && $owner != "$S" ]] && mine=0
+  for c in kube-scheduler kube-proxy kubelet; do
+    if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi
+  done
+  (( mine )) && kill_pod_processes
+  if pid=$(pid_of containerd); then stop_pid containerd "$pid"; fi
+  (( mine )) && kill_pod_processes
+  return 0
+}
+
 cmd_down() {
   local c pid owner mine=1
   owner=$(cat "$OWNER" 2>/dev/null || true)
@@ -421,12 +438,7 @@ cmd_down() {
     mine=0
     log "the node's network and cgroups belong to another cluster now ($owner): left alone"
   fi
-  for c in kube-scheduler kube-proxy kubelet; do
-    if pid=$(pid_of "$c"); then stop_pid "$c" "$pid"; fi
-  done
-  (( mine )) && kill_pod_processes
-  if pid=$(pid_of containerd); then stop_pid containerd "$pid"; fi
-  (( mine )) && kill_pod_processes
+  cmd_stop "$mine"
   # kubelet's volume mounts, containerd's rootfs and netns mounts: deepest first.
   if [[ -d $R ]]; then
     local m
@@ -473,6 +485,7 @@ case "${1:-}" in
   net-up) cmd_net_up ;;
   up) cmd_up ;;
   import) shift; cmd_import "$@" ;;
+  stop) cmd_stop ;;
   down) cmd_down ;;
   status) cmd_status ;;
   *) sed -n '2,28p' "$0" >&2; exit 2 ;;

@@ -70,7 +70,17 @@ kubectl -n demo wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s p
   { kubectl -n demo describe pod client; kubectl -n demo logs client; exit 1; }
 kubectl -n demo logs client
 echo
+
+step "kubectl port-forward service/resnet50 18080:80 from this machine (kube-apiserver -> kubelet -> containerd)"
+kubectl -n demo port-forward service/resnet50 18080:80 >"$root/.state/demo-port-forward.log" 2>&1 &
+pf=$!
+trap 'kill $pf 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18080/ready && break; sleep 0.1; done
+echo "POST http://127.0.0.1:18080/predict"
+curl -sS --fail-with-body -H 'Content-Type: image/jpeg' --data-binary "@$photo" http://127.0.0.1:18080/predict
+echo
 echo
 echo "(The demo serves generated random weights: the classes are meaningless. See README 'Model weights'.)"
-echo "Try:    export KUBECONFIG=$KUBECONFIG; kubectl -n demo get infsvc; kubectl top pods -n demo"
-echo "Stop:   make cluster-down"
+echo "Look around:  export KUBECONFIG=$KUBECONFIG"
+echo "              $bin/kubectl get infsvc,pods,hpa -A; $bin/kubectl top pods -A"
+echo "Tear down:    make cluster-down"

@@ -140,6 +140,8 @@ pub struct Options {
 pub struct RealNode {
     /// Image tags to import into the node's containerd (`make images` builds them).
     pub images: Vec<String>,
+    /// Without CoreDNS and metrics-server (REAL_NODE_ADDONS=0): a faster start.
+    pub no_addons: bool,
 }
 
 impl Options {
@@ -240,6 +242,9 @@ impl Cluster {
             if let Some(r) = &opts.real_node {
                 env.push(("CLUSTER_NODE".into(), "real".into()));
                 env.push(("REAL_NODE_IMAGES".into(), r.images.join(" ")));
+                if r.no_addons {
+                    env.push(("REAL_NODE_ADDONS".into(), "0".into()));
+                }
             }
             if let Some(n) = &opts.local_node {
                 env.push((
@@ -307,7 +312,7 @@ impl Cluster {
             if k.starts_with("CLUSTER_")
                 || k == "LOCAL_NODE_BIN"
                 || k == "INFERENCE_SERVER_BIN"
-                || k == "REAL_NODE_IMAGES"
+                || k.starts_with("REAL_NODE_")
             {
                 cmd.env_remove(&*k);
             }

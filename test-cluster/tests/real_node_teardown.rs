@@ -1,4 +1,5 @@
-//! `hack/cluster.sh down` removes everything a real node made (hack/real-node.sh), also after
+//! `hack/cluster.sh up` / `down` with a real node three times in a row, each leaving nothing;
+//! then `down` removes everything a real node made (hack/real-node.sh), also after
 //! `kill -9` of every component: pod processes and containerd's shims, the network namespace
 //! and veth, host routes and FORWARD rules, mounts, the pods' cgroups and the state dir; and
 //! the VM-wide sysctls the kubelet changed are back to what they were. Its own test binary: a
@@ -101,11 +102,37 @@ fn leftovers(state: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn down_after_kill_9_of_everything_leaves_nothing() {
+async fn up_and_down_in_a_row_then_down_after_kill_9_of_everything_leaves_nothing() {
     if !runnable() {
         return;
     }
     let before = sysctls();
+    // Start-up and teardown in a row, each start checked to the node's Ready (the races the
+    // old local node had were in start-up), each teardown to nothing left.
+    for round in 1..=3 {
+        let t0 = std::time::Instant::now();
+        let c = Cluster::start_with(Options {
+            real_node: Some(RealNode {
+                no_addons: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+        let up = t0.elapsed();
+        let state = c.state_dir().to_path_buf();
+        c.stop()
+            .unwrap_or_else(|e| panic!("round {round} down: {e:#}"));
+        let left = leftovers(&state);
+        assert!(left.is_empty(), "round {round} left:\n{}", left.join("\n"));
+        eprintln!(
+            "round {round}: up (node Ready) {:.1}s, down {:.1}s",
+            up.as_secs_f32(),
+            (t0.elapsed() - up).as_secs_f32()
+        );
+    }
+    assert_eq!(sysctls(), before, "sysctls {SYSCTLS:?} not restored");
+
     let cluster = Cluster::start_with(Options {
         real_node: Some(RealNode::default()),
         ..Default::default()
