@@ -3,7 +3,8 @@
 //! the operator installed by its Helm chart runs as a pod under its own ServiceAccount, and
 //! `examples/resnet50-demo.yaml` (the demo image: random weights baked in) becomes Ready on the
 //! kubelet's probes and answers predictions through its Service's ClusterIP (kube-proxy's DNAT)
-//! and, from a client pod, through its DNS name (CoreDNS); metrics-server reports its pods' CPU.
+//! and, from a client pod, through its DNS name (CoreDNS); metrics-server reports its pods' CPU,
+//! and the HPA scales the InferenceService out under load and back in after it.
 //!
 //! Needs root, containerd (make deps) and the images (`make images`: the inference, operator and
 //! demo images in buildah's storage; tools/test.sh builds them first). Without them the test
@@ -74,7 +75,10 @@ fn real_cluster() -> Option<&'static Cluster> {
     }
     Some(Cluster::shared(|| Options {
         state_root: Some(tmp_dir()),
-        real_node: Some(RealNode { images: images() }),
+        real_node: Some(RealNode {
+            images: images(),
+            ..Default::default()
+        }),
         ..Default::default()
     }))
 }
@@ -384,6 +388,7 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         "metrics.k8s.io has both pods after {:.1}s",
         t0.elapsed().as_secs_f32()
     );
+    hpa_scales_out_under_load_and_back(&isvcs, &format!("http://{ip}:{port}/predict"), t0).await;
     helm(
         cluster,
         &[
@@ -393,4 +398,103 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
             "inference-system",
         ],
     );
+}
+
+fn ready_replicas(i: &InferenceService) -> i32 {
+    i.status.as_ref().map_or(0, |s| s.ready_replicas)
+}
+
+/// CPU autoscaling for real: metrics-server's pod CPU → the HPA controller → the
+/// InferenceService's scale subresource → the Deployment. Load from this machine through the
+/// ClusterIP scales it out; without load it scales back in (short windows here; the examples
+/// carry the seed's 60/300 s).
+async fn hpa_scales_out_under_load_and_back(isvcs: &Api<InferenceService>, url: &str, t0: Instant) {
+    // A merge patch: an apply by the same field manager without the rest of the spec would
+    // drop the fields it no longer names.
+    let patch = json!({
+        "spec": {"autoscaling": {
+            "minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 50,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10,
+                                        "policies": [{"type": "Pods", "value": 2, "periodSeconds": 10}]}},
+        }}
+    });
+    isvcs
+        .patch("resnet50", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    // Idle, the HPA takes the two replicas of the demo's file down to minReplicas first.
+    test_cluster::wait_for(
+        "the HPA to scale in to 1 while idle",
+        Duration::from_secs(240),
+        || async {
+            let i = isvcs.get("resnet50").await.ok()?;
+            (i.spec.replicas == 1 && ready_replicas(&i) == 1).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "HPA: idle, down to 1 replica at {:.1}s",
+        t0.elapsed().as_secs_f32()
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load_start = Instant::now();
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), url.to_string());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                let photo = cat_jpg();
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match agent
+                        .post(&url)
+                        .header("Content-Type", "image/jpeg")
+                        .send(&photo[..])
+                    {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let scaled = test_cluster::wait_for(
+        "the HPA to scale out under load",
+        Duration::from_secs(240),
+        || async {
+            let i = isvcs.get("resnet50").await.ok()?;
+            (i.spec.replicas > 1 && ready_replicas(&i) > 1).then_some(i.spec.replicas)
+        },
+    )
+    .await;
+    let out_after = load_start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in workers {
+        let (o, f) = w.join().unwrap();
+        (ok, failed) = (ok + o, failed + f);
+    }
+    let load_end = Instant::now();
+    test_cluster::wait_for(
+        "the HPA to scale back in without load",
+        Duration::from_secs(240),
+        || async {
+            let i = isvcs.get("resnet50").await.ok()?;
+            (i.spec.replicas == 1).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "HPA: load from {:.1}s; {scaled} replicas, Ready {:.1}s into the load ({ok} requests answered \
+         200, {failed} not); back to 1 replica {:.1}s after the load stopped",
+        (load_start - t0).as_secs_f32(),
+        out_after.as_secs_f32(),
+        load_end.elapsed().as_secs_f32()
+    );
+    assert!(ok > 0);
 }
