@@ -217,6 +217,13 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         t0.elapsed().as_secs_f32()
     );
 
+    // Ready means one replica serves; both are Ready soon after (a busy machine: a few seconds).
+    let deploy: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    test_cluster::wait_for("both replicas Ready", Duration::from_secs(120), || async {
+        let d = deploy.get("resnet50").await.ok()?;
+        (d.status?.ready_replicas? == 2).then_some(())
+    })
+    .await;
     // Its pods run on the kubelet, restricted, with the operator's probes and drain.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pods = pods.list(&ListParams::default()).await.unwrap().items;
@@ -237,18 +244,6 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         let ip = p.status.as_ref().unwrap().pod_ip.as_deref().unwrap();
         assert!(ip.starts_with("198.18.0."), "pod IP {ip}");
     }
-    let deploy: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    assert_eq!(
-        deploy
-            .get("resnet50")
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .ready_replicas,
-        Some(2)
-    );
-
     // A prediction through the Service's ClusterIP: kube-proxy's DNAT in the node's namespace.
     let svc: Api<Service> = Api::namespaced(client.clone(), ns);
     let svc = svc.get("resnet50").await.unwrap();
