@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -26,38 +26,6 @@ use serde_json::{Value, json};
 
 fn chart() -> PathBuf {
     repo_file("charts/inference-operator")
-}
-
-fn helm_bin() -> PathBuf {
-    if let Some(h) = std::env::var_os("HELM") {
-        return h.into();
-    }
-    script_output("hack/build-control-plane.sh", &["--print-bin-dir"]).join("helm")
-}
-
-/// helm with its caches and config under the test's temp dir, and this kubeconfig.
-fn helm(args: &[&str], kubeconfig: Option<&PathBuf>) -> Output {
-    let home = tmp_dir().join("helm-home");
-    let mut cmd = Command::new(helm_bin());
-    cmd.args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG");
-    if let Some(k) = kubeconfig {
-        cmd.env("KUBECONFIG", k);
-    }
-    cmd.output().expect("running helm")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "helm failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `helm template` → the rendered objects.

@@ -946,44 +946,29 @@ async fn examples_and_their_children_pass_the_api_servers_dry_run() {
         }
         let isvc: InferenceService = serde_json::from_value(obj).unwrap();
         let cfg = Config::default();
-        let mut dry_run = |what: &str, r: Result<(), kube::Error>| {
+        let results = [
+            (
+                "Deployment",
+                dry_run(&env, &builders::deployment::build(&isvc, &cfg)).await,
+            ),
+            (
+                "Service",
+                dry_run(&env, &builders::service::build(&isvc)).await,
+            ),
+            (
+                "PodDisruptionBudget",
+                dry_run(&env, &builders::pdb::build(&isvc)).await,
+            ),
+        ];
+        let hpa = match builders::hpa::build(&isvc) {
+            Some(hpa) => Some(("HorizontalPodAutoscaler", dry_run(&env, &hpa).await)),
+            None => None,
+        };
+        for (what, r) in results.into_iter().chain(hpa) {
             children += 1;
             if let Err(e) = r {
                 failures.push(format!("{file}: its {what}: {e}"));
             }
-        };
-        let d = builders::deployment::build(&isvc, &cfg);
-        dry_run(
-            "Deployment",
-            env.api::<Deployment>()
-                .patch(&name, &pp, &Patch::Apply(&d))
-                .await
-                .map(drop),
-        );
-        let svc = builders::service::build(&isvc);
-        dry_run(
-            "Service",
-            env.api::<Service>()
-                .patch(&name, &pp, &Patch::Apply(&svc))
-                .await
-                .map(drop),
-        );
-        let pdb = builders::pdb::build(&isvc);
-        dry_run(
-            "PodDisruptionBudget",
-            env.api::<PodDisruptionBudget>()
-                .patch(&name, &pp, &Patch::Apply(&pdb))
-                .await
-                .map(drop),
-        );
-        if let Some(hpa) = builders::hpa::build(&isvc) {
-            dry_run(
-                "HorizontalPodAutoscaler",
-                env.api::<HorizontalPodAutoscaler>()
-                    .patch(&name, &pp, &Patch::Apply(&hpa))
-                    .await
-                    .map(drop),
-            );
         }
     }
     assert!(
@@ -996,6 +981,23 @@ async fn examples_and_their_children_pass_the_api_servers_dry_run() {
     assert!(objects >= 8, "{objects} example objects");
     assert!(children >= 22, "{children} children");
     env.finish().await;
+}
+
+/// A server-side apply of `obj` in the test's namespace as a dry run: is it admitted?
+async fn dry_run<K>(env: &Env, obj: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let pp = PatchParams::apply(USER).force().dry_run();
+    env.api::<K>()
+        .patch(&kube::ResourceExt::name_any(obj), &pp, &Patch::Apply(obj))
+        .await
+        .map(drop)
 }
 
 /// What an InferenceService of [`operator_killed_mid_reconcile_converges`] must end with.

@@ -72,12 +72,7 @@ async fn predict(addr: &str, image: Vec<u8>) -> (u16, Value) {
         .into_bytes();
         body.extend_from_slice(&image);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        let mut resp = agent
+        let mut resp = http_agent(Duration::from_secs(60))
             .post(&url)
             .header(
                 "Content-Type",

@@ -83,26 +83,6 @@ fn real_cluster() -> Option<&'static Cluster> {
     }))
 }
 
-fn helm(cluster: &Cluster, args: &[&str]) -> String {
-    let bin = script_output("hack/build-control-plane.sh", &["--print-bin-dir"]).join("helm");
-    let home = tmp_dir().join("helm-home-real-node");
-    let out = Command::new(bin)
-        .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .output()
-        .expect("running helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn cat_jpg() -> Vec<u8> {
     std::fs::read(repo_file("inference/tests/fixtures/images/cat.jpg")).unwrap()
 }
@@ -110,12 +90,7 @@ fn cat_jpg() -> Vec<u8> {
 /// POST /predict with a JPEG body: (status, JSON body).
 async fn predict(url: String, image: Vec<u8>) -> (u16, Value) {
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let mut resp = agent
+        let mut resp = http_agent(Duration::from_secs(30))
             .post(&url)
             .header("Content-Type", "image/jpeg")
             .send(&image[..])
@@ -142,8 +117,7 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
 
     // The operator from its chart: a pod of the operator image under the chart's ServiceAccount.
     let chart: PathBuf = repo_file("charts/inference-operator");
-    helm(
-        cluster,
+    ok(&helm(
         &[
             "install",
             "inference-operator",
@@ -155,7 +129,8 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
             "--timeout",
             "180s",
         ],
-    );
+        Some(&cluster.kubeconfig()),
+    ));
     let ops: Api<Pod> = Api::namespaced(client.clone(), "inference-system");
     let op_pods = ops.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(op_pods.len(), 1, "{op_pods:#?}");
@@ -384,15 +359,15 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         t0.elapsed().as_secs_f32()
     );
     hpa_scales_out_under_load_and_back(&isvcs, &format!("http://{ip}:{port}/predict"), t0).await;
-    helm(
-        cluster,
+    ok(&helm(
         &[
             "uninstall",
             "inference-operator",
             "--namespace",
             "inference-system",
         ],
-    );
+        Some(&cluster.kubeconfig()),
+    ));
 }
 
 fn ready_replicas(i: &InferenceService) -> i32 {
@@ -437,11 +412,7 @@ async fn hpa_scales_out_under_load_and_back(isvcs: &Api<InferenceService>, url: 
         .map(|_| {
             let (stop, url) = (stop.clone(), url.to_string());
             std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(30)))
-                    .build()
-                    .into();
+                let agent = http_agent(Duration::from_secs(30));
                 let photo = cat_jpg();
                 let (mut ok, mut failed) = (0u32, 0u32);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use inference_operator::crd::{self, InferenceService};
@@ -934,4 +934,47 @@ pub fn script_output(script: &str, args: &[&str]) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// helm as the control plane's build made it (or `HELM`).
+pub fn helm_bin() -> PathBuf {
+    if let Some(h) = std::env::var_os("HELM") {
+        return h.into();
+    }
+    script_output("hack/build-control-plane.sh", &["--print-bin-dir"]).join("helm")
+}
+
+/// helm with its caches and config under the test's temp dir, and this kubeconfig.
+pub fn helm(args: &[&str], kubeconfig: Option<&PathBuf>) -> Output {
+    let home = tmp_dir().join("helm-home");
+    let mut cmd = Command::new(helm_bin());
+    cmd.args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG");
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    cmd.output().expect("running helm")
+}
+
+/// helm's stdout, or a panic with its output when it failed.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "helm failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An HTTP client for requests to servers in the cluster: statuses are answers, not errors.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
 }
