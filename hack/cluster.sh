@@ -77,15 +77,9 @@ export CLUSTER_STATE_DIR=$S CLUSTER_APISERVER_PORT=$API_PORT CLUSTER_SERVICE_CID
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
 
-pid_of() { # component -> pid if its process runs, else nothing
-  local f="$S/run/$1.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid=$(<"$f")
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  # guard against pid reuse: the process must be our binary
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "/$1 " || return 1
-  echo "$pid"
-}
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
+pid_of() { recorded_pid "$S/run" "$1"; } # component -> pid if its process runs, else nothing
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -101,7 +95,7 @@ wait_for() { # description timeout-seconds component command...
   local what=$1 timeout=$2 comp=$3; shift 3
   local t0=$SECONDS
   until "$@" >/dev/null 2>&1; do
-    if [[ -n "$comp" ]] && ! pid_of "$comp" >/dev/null; then
+    if [[ -n "$comp" ]] && ! component_alive "$S/run" "$comp"; then
       tail -n 30 "$S/logs/$comp.log" >&2 || true
       die "$comp exited while waiting for $what; log: $S/logs/$comp.log"
     fi
@@ -123,7 +117,8 @@ stop_started_on_failure() {
   for (( i=${#STARTED[@]}-1; i>=0; i-- )); do
     c=${STARTED[i]}
     if [[ $c == real-node ]]; then "$REAL_NODE" down || true; continue; fi
-    if [[ $c == local-node ]]; then pid=$(node_pid) || continue; else pid=$(pid_of "$c") || continue; fi
+    if [[ $c == local-node ]]; then pid=$(node_pid) || continue
+    else pid=${STARTED_PID[$c]:-}; [[ -n "$pid" ]] || pid=$(pid_of "$c") || continue; fi
     stop_pid "$c" "$pid"
   done
   return "$rc"
@@ -148,6 +143,7 @@ start_bg() { # component args...
   pid=$!
   echo "$pid" >"$S/run/$comp.pid"
   STARTED+=("$comp")
+  STARTED_PID[$comp]=$pid
   wait_exec "$pid" pid_of "$comp"
   log "started $comp (pid $pid), log $S/logs/$comp.log"
 }
@@ -434,21 +430,6 @@ cmd_node_down() {
     rm -f "$S/node/netns"
   fi
   rm -f "$S/run/local-node.pid"
-}
-
-stop_pid() { # component pid
-  local comp=$1 pid=$2 t0=$SECONDS
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while kill -0 "$pid" 2>/dev/null; do
-    if (( SECONDS - t0 >= STOP_TIMEOUT )); then
-      log "$comp (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  log "stopped $comp (pid $pid)"
 }
 
 cmd_down() {

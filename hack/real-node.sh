@@ -58,14 +58,9 @@ OWNER=/run/inference-node.owner
 log() { echo "real-node: $*" >&2; }
 die() { echo "real-node: error: $*" >&2; exit 1; }
 
-pid_of() { # component -> pid if its recorded process still runs that binary
-  local f="$R/run/$1.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid=$(<"$f")
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "/$1 " || return 1
-  echo "$pid"
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+pid_of() { recorded_pid "$R/run" "$1"; } # component -> pid if it still runs that binary
 
 start_bg() { # component in-netns(0|1) binary args...
   local comp=$1 innet=$2 bin=$3 pid i; shift 3
@@ -77,6 +72,7 @@ start_bg() { # component in-netns(0|1) binary args...
   pid=$!
   # nsenter execs the daemon in place: the recorded PID is the daemon's once it has exec'd.
   echo "$pid" >"$R/run/$comp.pid"
+  STARTED_PID[$comp]=$pid
   for ((i = 0; i < 250; i++)); do pid_of "$comp" >/dev/null && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
   log "started $comp (pid $pid), log $R/logs/$comp.log"
 }
@@ -84,7 +80,7 @@ start_bg() { # component in-netns(0|1) binary args...
 wait_for() { # description component command...
   local what=$1 comp=$2 t0=$SECONDS; shift 2
   until "$@" >/dev/null 2>&1; do
-    if ! pid_of "$comp" >/dev/null; then
+    if ! component_alive "$R/run" "$comp"; then
       tail -n 40 "$R/logs/$comp.log" >&2 || true
       die "$comp exited while waiting for $what; log: $R/logs/$comp.log"
     fi
@@ -395,17 +391,6 @@ addons_up() {
 }
 
 # ------------------------------------------------------------------------------ down
-stop_pid() { # component pid
-  local comp=$1 pid=$2 t0=$SECONDS
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while kill -0 "$pid" 2>/dev/null; do
-    if (( SECONDS - t0 >= STOP_TIMEOUT )); then kill -KILL "$pid" 2>/dev/null || true; break; fi
-    sleep 0.2
-  done
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  log "stopped $comp (pid $pid)"
-}
-
 # Every process in the pods' cgroups (containers, pause) and containerd's shims for our socket.
 kill_pod_processes() {
   local round pids f
