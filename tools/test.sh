@@ -16,10 +16,11 @@ phase "control plane binaries (hack/build-control-plane.sh)" hack/build-control-
 # NVIDIA's tritonclient (PyPI) drives the v2 API in inference/tests/tritonclient.rs.
 phase "tritonclient venv (tools/triton-requirements.txt)" tools/triton-venv.sh
 export TRITON_CLIENT_PYTHON=$PWD/.state/venv-triton/bin/python
-# Integration tests run these binaries as real processes (server, local node, operator).
+# moto's S3 server (PyPI) for `fetch s3://` (inference/tests/fetch_s3.rs, operator/tests/e2e.rs).
+phase "S3 test server venv (tools/s3-requirements.txt)" tools/s3-venv.sh
+export S3_PYTHON=$PWD/.state/venv-s3/bin/python
+# Integration tests run these binaries as real processes (server, operator).
 phase "build release binaries" cargo build --release --workspace --bins
-export INFERENCE_SERVER_BIN=$PWD/target/release/inference-server
-export LOCAL_NODE_BIN=$PWD/target/release/local-node
 # The images users deploy, built from the Dockerfiles with buildah (base images and the cargo
 # caches inside the build are kept between runs); inference/tests/image.rs and
 # operator/tests/image.rs run them with podman.

@@ -1,9 +1,10 @@
 //! `inference-server fetch`: the weights from where users keep them, for an init container that
 //! runs before the server (the server itself only reads a local file).
 //!
-//! Sources: `https://host/path` and `hf://org/repo[@revision]/path/in/repo` (Hugging Face's
-//! `resolve` URL; `HF_ENDPOINT` points elsewhere, `HF_TOKEN` is sent as a bearer token). `s3://`
-//! is recognised and refused for now: it needs the AWS credential chain. The body streams to
+//! Sources: `https://host/path`, `hf://org/repo[@revision]/path/in/repo` (Hugging Face's
+//! `resolve` URL; `HF_ENDPOINT` points elsewhere, `HF_TOKEN` is sent as a bearer token) and
+//! `s3://bucket/key` (object_store's S3 client with the standard AWS credential chain: see
+//! [`s3`]). The body streams to
 //! `<out>.part` beside the output (constant memory) while its sha256 is computed; then the
 //! length (`Content-Length`), the sha256 (when given) and the file itself (ResNet50 safetensors
 //! with every tensor in place, as the server loads it) are checked, and only then is it renamed
@@ -14,45 +15,59 @@
 //! failure is one line naming the URI, with its query string and any user:password removed (a
 //! pre-signed URL's signature lives there); the token is never printed.
 
-use std::io::{BufWriter, Read, Write};
+mod s3;
+mod sink;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 pub use crate::config::FetchArgs;
+use sink::Sink;
 
-/// Where to GET the file, and the bearer token to send.
+/// Where the file is.
 #[derive(Debug, PartialEq)]
-pub struct Source {
-    pub url: String,
-    pub token: Option<String>,
+pub enum Source {
+    /// GET this URL, with this bearer token.
+    Http { url: String, token: Option<String> },
+    /// This object of this bucket.
+    S3 { bucket: String, key: String },
 }
 
-/// `uri` → the URL to fetch. `hf_token` goes with `hf://` only.
+/// `uri` → where to fetch it. `hf_token` goes with `hf://` only.
 pub fn resolve(uri: &str, hf_endpoint: &str, hf_token: Option<&str>) -> Result<Source, String> {
     let (scheme, rest) = uri
         .split_once("://")
-        .ok_or_else(|| "not a URI (expected https://… or hf://…)".to_string())?;
+        .ok_or_else(|| "not a URI (expected https://…, hf://… or s3://…)".to_string())?;
     match scheme {
-        "https" => Ok(Source {
+        "https" => Ok(Source::Http {
             url: uri.to_string(),
             token: None,
         }),
-        "http" => Err("plain http is refused: the weights decide every answer the server gives; use https".into()),
+        "http" => Err(
+            "plain http is refused: the weights decide every answer the server gives; use https"
+                .into(),
+        ),
         "hf" => {
             // org/repo[@revision]/path…
             let mut parts = rest.splitn(3, '/');
             let (org, repo, path) = match (parts.next(), parts.next(), parts.next()) {
-                (Some(o), Some(r), Some(p)) if !o.is_empty() && !r.is_empty() && !p.is_empty() => (o, r, p),
-                _ => return Err("hf:// needs org/repo/file (hf://org/repo[@revision]/file.safetensors)".into()),
+                (Some(o), Some(r), Some(p)) if !o.is_empty() && !r.is_empty() && !p.is_empty() => {
+                    (o, r, p)
+                }
+                _ => {
+                    return Err(
+                        "hf:// needs org/repo/file (hf://org/repo[@revision]/file.safetensors)"
+                            .into(),
+                    );
+                }
             };
             let (repo, revision) = match repo.split_once('@') {
                 Some((r, rev)) if !r.is_empty() && !rev.is_empty() => (r, rev),
                 Some(_) => return Err("hf:// revision after @ is empty".into()),
                 None => (repo, "main"),
             };
-            Ok(Source {
+            Ok(Source::Http {
                 url: format!(
                     "{}/{org}/{repo}/resolve/{revision}/{path}",
                     hf_endpoint.trim_end_matches('/')
@@ -60,8 +75,21 @@ pub fn resolve(uri: &str, hf_endpoint: &str, hf_token: Option<&str>) -> Result<S
                 token: hf_token.filter(|t| !t.is_empty()).map(str::to_string),
             })
         }
-        "s3" => Err("s3:// is not supported by this version yet (it needs the AWS credential chain); use a pre-signed https:// URL".into()),
-        other => Err(format!("unknown scheme {other}:// (https://, hf://)")),
+        "s3" => match rest.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') => {
+                Ok(Source::S3 {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                })
+            }
+            _ => Err(
+                "s3:// needs a bucket and an object key (s3://bucket/path/model.safetensors)"
+                    .into(),
+            ),
+        },
+        other => Err(format!(
+            "unknown scheme {other}:// (https://, hf://, s3://)"
+        )),
     }
 }
 
@@ -119,9 +147,14 @@ fn agent(args: &FetchArgs) -> Result<ureq::Agent, String> {
 }
 
 /// One GET into `part`: (bytes, sha256).
-fn try_once(agent: &ureq::Agent, src: &Source, part: &Path) -> Result<(u64, [u8; 32]), Failure> {
-    let mut req = agent.get(&src.url);
-    if let Some(t) = &src.token {
+fn try_once(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    part: &Path,
+) -> Result<(u64, [u8; 32]), Failure> {
+    let mut req = agent.get(url);
+    if let Some(t) = token {
         req = req.header("Authorization", &format!("Bearer {t}"));
     }
     let resp = req.call().map_err(|e| match e {
@@ -152,38 +185,17 @@ fn try_once(agent: &ureq::Agent, src: &Source, part: &Path) -> Result<(u64, [u8;
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let mut body = resp.into_body().into_reader();
-    let file = std::fs::File::create(part)
-        .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", part.display())))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut hash = Sha256::new();
+    let mut sink = Sink::create(part)?;
     let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) => {
-                return Err(Failure::Retry(format!(
-                    "transfer broke off after {total} bytes: {e}"
-                )));
-            }
+            Err(e) => return Err(sink.broke_off(e)),
         };
-        hash.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", part.display())))?;
-        total += n as u64;
+        sink.write(&buf[..n])?;
     }
-    if let Some(len) = expected
-        && len != total
-    {
-        return Err(Failure::Retry(format!("truncated: {total} of {len} bytes")));
-    }
-    let file = out
-        .into_inner()
-        .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", part.display())))?;
-    file.sync_all()
-        .map_err(|e| Failure::Fatal(format!("cannot write {}: {e}", part.display())))?;
-    Ok((total, hash.finalize().into()))
+    sink.finish(expected)
 }
 
 /// Downloads, checks and places the file; `Err` is the one-line reason (without the URI).
@@ -212,11 +224,23 @@ pub fn fetch(args: &FetchArgs, hf_token: Option<&str>) -> Result<String, String>
     let mut part = args.out.clone().into_os_string();
     part.push(".part");
     let part = PathBuf::from(part);
-    let agent = agent(args)?;
+    // One client for every try: the HTTP agent, or the S3 store with its credentials.
+    enum Client {
+        Http(ureq::Agent, String, Option<String>),
+        S3(s3::Store, String),
+    }
+    let client = match src {
+        Source::Http { url, token } => Client::Http(agent(args)?, url, token),
+        Source::S3 { bucket, key } => Client::S3(s3::Store::new(&bucket, args)?, key),
+    };
     let mut pause = Duration::from_secs_f64(args.backoff_seconds.max(0.0));
     let mut attempt = 1;
     let (bytes, digest) = loop {
-        match try_once(&agent, &src, &part) {
+        let tried = match &client {
+            Client::Http(agent, url, token) => try_once(agent, url, token.as_deref(), &part),
+            Client::S3(store, key) => store.get(key, &part),
+        };
+        match tried {
             Ok(done) => break done,
             Err(Failure::Fatal(why)) => {
                 let _ = std::fs::remove_file(&part);
@@ -277,7 +301,7 @@ mod tests {
                 Some("t")
             )
             .unwrap(),
-            Source {
+            Source::Http {
                 url: "https://m.example/w.safetensors?X-Amz-Signature=1".into(),
                 token: None
             }
@@ -289,7 +313,7 @@ mod tests {
                 Some("t")
             )
             .unwrap(),
-            Source {
+            Source::Http {
                 url: "https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors"
                     .into(),
                 token: Some("t".into())
@@ -301,13 +325,24 @@ mod tests {
                 "http://127.0.0.1:9/",
                 None
             )
-            .unwrap()
-            .url,
-            "http://127.0.0.1:9/org/repo/resolve/v1.0/sub/dir/f.safetensors"
+            .unwrap(),
+            Source::Http {
+                url: "http://127.0.0.1:9/org/repo/resolve/v1.0/sub/dir/f.safetensors".into(),
+                token: None
+            }
+        );
+        assert_eq!(
+            resolve("s3://models/resnet50/v1/model.safetensors", hf, Some("t")).unwrap(),
+            Source::S3 {
+                bucket: "models".into(),
+                key: "resnet50/v1/model.safetensors".into()
+            }
         );
         for (bad, why) in [
             ("http://m.example/w", "plain http"),
-            ("s3://bucket/key", "s3:// is not supported"),
+            ("s3://bucket", "bucket and an object key"),
+            ("s3:///key", "bucket and an object key"),
+            ("s3://bucket/dir/", "bucket and an object key"),
             ("ftp://x/y", "unknown scheme ftp"),
             ("/models/w.safetensors", "not a URI"),
             ("hf://org/repo", "org/repo/file"),
