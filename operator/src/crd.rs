@@ -181,7 +181,8 @@ pub struct InferenceServiceSpec {
     pub server: Option<ServerSpec>,
 
     /// Extra environment variables for the server container. They override the variables the
-    /// operator sets, except PORT and HOST.
+    /// operator sets, except PORT and HOST. The model download (`model.uri`) gets them too
+    /// (e.g. AWS_REGION, AWS_ENDPOINT_URL), except the variables it sets itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
@@ -218,8 +219,8 @@ pub struct InferenceServiceSpec {
         "message": "model.uri cannot be combined with model.path or model.pvc: the weights come from one place"
     },
     {
-        "rule": "!has(self.uri) || self.uri.startsWith('https://') || self.uri.startsWith('hf://')",
-        "message": "model.uri must start with https:// or hf:// (s3:// is not supported yet: use a pre-signed https:// URL)"
+        "rule": "!has(self.uri) || self.uri.startsWith('https://') || self.uri.startsWith('hf://') || self.uri.startsWith('s3://')",
+        "message": "model.uri must start with https://, hf:// or s3://"
     },
     {
         "rule": "!has(self.sha256) || has(self.uri)",
@@ -228,6 +229,10 @@ pub struct InferenceServiceSpec {
     {
         "rule": "!has(self.hfTokenSecret) || (has(self.uri) && self.uri.startsWith('hf://'))",
         "message": "model.hfTokenSecret is for hf:// URIs"
+    },
+    {
+        "rule": "!has(self.caConfigMap) || has(self.uri)",
+        "message": "model.caConfigMap verifies the server of a download: it needs model.uri"
     }
 ]))]
 pub struct ModelSpec {
@@ -256,10 +261,13 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<ModelPvcSpec>,
 
-    /// Where each pod downloads the weights before the server starts: `https://…` (a pre-signed
-    /// S3 URL works) or `hf://org/repo[@revision]/file.safetensors`. An init container runs
-    /// `inference-server fetch` into an emptyDir; the file is checked (length, `sha256`, every
-    /// tensor) before the server sees it, and a failed download shows as `ModelFetchFailed`.
+    /// Where each pod downloads the weights before the server starts: `https://…`,
+    /// `hf://org/repo[@revision]/file.safetensors` or `s3://bucket/key` (the AWS credential
+    /// chain: the IAM role of `serviceAccountName` on EKS, else AWS_* variables from `env`, else
+    /// the instance profile; `env` also takes AWS_REGION and, for an S3-compatible store,
+    /// AWS_ENDPOINT_URL). An init container runs `inference-server fetch` into an emptyDir; the
+    /// file is checked (length, `sha256`, every tensor) before the server sees it, and a failed
+    /// download shows as `ModelFetchFailed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 8, max = 4096))]
     pub uri: Option<String>,
@@ -272,6 +280,27 @@ pub struct ModelSpec {
     /// A Secret key holding a Hugging Face token, sent as `HF_TOKEN` for `hf://` URIs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_token_secret: Option<SecretKeyRef>,
+
+    /// A ConfigMap key holding PEM CA certificates to trust for `uri` instead of the built-in
+    /// web roots: a mirror or an S3-compatible store behind a private CA. Mounted read-only into
+    /// the download's init container only (`FETCH_CA_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map: Option<ConfigMapKeyRef>,
+}
+
+/// One key of a ConfigMap in the InferenceService's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key inside the ConfigMap.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 /// One key of a Secret in the InferenceService's namespace.

@@ -80,10 +80,15 @@ pub fn pod_health(pods: &[Pod]) -> PodHealth {
             .flatten()
             .chain(status.container_statuses.iter().flatten());
         for cs in containers {
-            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-                continue;
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+            let reason = match waiting {
+                Some(w) => w.reason.clone().unwrap_or_default(),
+                // Between back-offs the kubelet runs a crash-looping container again for a
+                // moment: it still crash-loops (else Degraded, and its events, flap with every
+                // restart; seen on the real node with a download that keeps failing).
+                None if runs_again_after_failures(cs) => "CrashLoopBackOff".into(),
+                None => continue,
             };
-            let reason = waiting.reason.clone().unwrap_or_default();
             if reason == "CrashLoopBackOff" && cs.name == builders::FETCH_CONTAINER_NAME {
                 // The model download keeps failing: say so, with fetch's own one-line reason.
                 health.crash_looping.push(PodProblem {
@@ -104,7 +109,7 @@ pub fn pod_health(pods: &[Pod]) -> PodHealth {
                     message: format!(
                         "container {}: {}",
                         cs.name,
-                        waiting.message.clone().unwrap_or_default()
+                        waiting.and_then(|w| w.message.clone()).unwrap_or_default()
                     ),
                 });
             }
@@ -123,6 +128,17 @@ pub fn pod_health(pods: &[Pod]) -> PodHealth {
         }
     }
     health
+}
+
+/// Running again, not ready, after failing at least twice in a row (its last exit an error).
+fn runs_again_after_failures(cs: &ContainerStatus) -> bool {
+    let running = cs.state.as_ref().is_some_and(|s| s.running.is_some());
+    let last_failed = cs
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .is_some_and(|t| t.exit_code != 0);
+    running && !cs.ready && last_failed && cs.restart_count >= 2
 }
 
 fn last_exit(cs: &ContainerStatus) -> String {
@@ -727,6 +743,53 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_crash_loop_stays_one_while_the_container_runs_again_between_back_offs() {
+        use k8s_openapi::api::core::v1::ContainerStateRunning;
+        let running = |restarts: i32, last_exit: i32| {
+            let mut pod = crashing_pod("p");
+            let cs = &mut pod
+                .status
+                .as_mut()
+                .unwrap()
+                .container_statuses
+                .as_mut()
+                .unwrap()[0];
+            cs.state = Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            });
+            cs.restart_count = restarts;
+            cs.last_state
+                .as_mut()
+                .unwrap()
+                .terminated
+                .as_mut()
+                .unwrap()
+                .exit_code = last_exit;
+            pod
+        };
+        // Waiting in back-off, or running again after failing twice: crash looping both times.
+        assert_eq!(pod_health(&[crashing_pod("p")]).crash_looping.len(), 1);
+        let again = pod_health(&[running(4, 1)]);
+        assert_eq!(again.crash_looping.len(), 1);
+        assert_eq!(again.crash_looping[0].reason, "CrashLoopBackOff");
+        // Not after a single failure (a first restart may just work), nor after a clean exit,
+        // nor once it is ready.
+        assert!(pod_health(&[running(1, 1)]).crash_looping.is_empty());
+        assert!(pod_health(&[running(4, 0)]).crash_looping.is_empty());
+        let mut ready = running(4, 1);
+        ready
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .ready = true;
+        assert!(pod_health(&[ready]).crash_looping.is_empty());
     }
 
     #[test]

@@ -148,12 +148,13 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
                     .into(),
             );
         }
-        if !(uri.starts_with("https://") || uri.starts_with("hf://")) {
+        if !["https://", "hf://", "s3://"]
+            .iter()
+            .any(|s| uri.starts_with(s))
+        {
             issue(
                 "spec.model.uri",
-                format!(
-                    "{uri:?} must start with https:// or hf:// (s3:// is not supported yet: use a pre-signed https:// URL)"
-                ),
+                format!("{uri:?} must start with https://, hf:// or s3://"),
             );
         }
     }
@@ -171,6 +172,12 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
             .is_some_and(|u| u.starts_with("hf://"))
     {
         issue("spec.model.hfTokenSecret", "is for hf:// URIs".into());
+    }
+    if spec.model.ca_config_map.is_some() && spec.model.uri.is_none() {
+        issue(
+            "spec.model.caConfigMap",
+            "verifies the server of a download: it needs model.uri".into(),
+        );
     }
 
     if spec.image.as_deref().is_some_and(|i| i.trim().is_empty()) {

@@ -6,11 +6,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, SleepAction, Toleration, TopologySpreadConstraint, Volume,
-    VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, SleepAction,
+    Toleration, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -171,6 +171,22 @@ fn pod_template(isvc: &InferenceService, cfg: &Config) -> PodTemplateSpec {
             ..Default::default()
         });
     }
+    if let Some(ca) = &isvc.spec.model.ca_config_map {
+        volumes.push(Volume {
+            name: FETCH_CA_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: FETCH_CA_FILE_NAME.into(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                default_mode: None,
+            }),
+            ..Default::default()
+        });
+    }
 
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -300,6 +316,11 @@ fn restricted() -> SecurityContext {
 /// Size limit of the emptyDir a downloaded model lands in.
 pub const FETCH_SIZE_LIMIT: &str = "2Gi";
 
+/// The volume and file of `spec.model.caConfigMap` in the download's init container.
+const FETCH_CA_VOLUME: &str = "model-ca";
+const FETCH_CA_DIR: &str = "/etc/inference-server/model-ca";
+const FETCH_CA_FILE_NAME: &str = "ca.crt";
+
 /// `inference-server fetch` from the same image: downloads `uri` into the `model` emptyDir,
 /// checks it and exits; the server starts only after it succeeded. Its one-line error becomes
 /// the container's termination message (FallbackToLogsOnError), which the status reports.
@@ -312,6 +333,44 @@ fn fetch_container(isvc: &InferenceService, cfg: &Config, uri: &str) -> Containe
     if let Some(sum) = &model.sha256 {
         env.push(env_var("MODEL_SHA256", sum));
     }
+    let mut mounts = vec![
+        VolumeMount {
+            name: "model".into(),
+            mount_path: "/models".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    if model.ca_config_map.is_some() {
+        env.push(env_var(
+            "FETCH_CA_FILE",
+            format!("{FETCH_CA_DIR}/{FETCH_CA_FILE_NAME}"),
+        ));
+        mounts.push(VolumeMount {
+            name: FETCH_CA_VOLUME.into(),
+            mount_path: FETCH_CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    // The user's variables too (AWS_REGION, AWS_ENDPOINT_URL, credentials from a Secret), but
+    // not over the download's own.
+    let own: Vec<String> = env
+        .iter()
+        .map(|e| e.name.clone())
+        .chain(["HF_TOKEN".to_string(), "FETCH_CA_FILE".to_string()])
+        .collect();
+    env.extend(
+        isvc.spec
+            .env
+            .iter()
+            .filter(|e| !own.contains(&e.name))
+            .cloned(),
+    );
     if let Some(secret) = &model.hf_token_secret {
         env.push(EnvVar {
             name: "HF_TOKEN".into(),
@@ -337,18 +396,7 @@ fn fetch_container(isvc: &InferenceService, cfg: &Config, uri: &str) -> Containe
         // the driver's libcuda, which the NVIDIA runtime mounts only into GPU containers.
         resources: Some(resource_requirements(isvc)),
         security_context: Some(restricted()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "model".into(),
-                mount_path: "/models".into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
@@ -795,6 +843,95 @@ mod tests {
         // Without a URI: no init container.
         let plain = build(&fixture("minimal.yaml"), &Config::default());
         assert!(pod_spec(&plain).init_containers.is_none());
+    }
+
+    #[test]
+    fn model_ca_config_map_reaches_the_download_only() {
+        let mut isvc = fixture("model-uri.yaml");
+        let plain = build(&isvc, &Config::default());
+        let fetch_env = |d: &Deployment| -> BTreeMap<String, Option<String>> {
+            pod_spec(d).init_containers.as_ref().unwrap()[0]
+                .env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect()
+        };
+        assert!(!fetch_env(&plain).contains_key("FETCH_CA_FILE"));
+        isvc.spec.model.ca_config_map = Some(crate::crd::ConfigMapKeyRef {
+            name: "mirror-ca".into(),
+            key: "bundle.pem".into(),
+        });
+        let d = build(&isvc, &Config::default());
+        let pod = pod_spec(&d);
+        assert_eq!(
+            fetch_env(&d)["FETCH_CA_FILE"].as_deref(),
+            Some("/etc/inference-server/model-ca/ca.crt")
+        );
+        let vol = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == FETCH_CA_VOLUME)
+            .expect("the CA volume");
+        let cm = vol.config_map.as_ref().unwrap();
+        assert_eq!(cm.name, "mirror-ca");
+        assert_eq!(
+            cm.optional,
+            Some(false),
+            "a missing ConfigMap holds the pod"
+        );
+        let item = &cm.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("bundle.pem", "ca.crt")
+        );
+        let fetch = &pod.init_containers.as_ref().unwrap()[0];
+        let m = fetch
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == FETCH_CA_VOLUME)
+            .unwrap();
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            ("/etc/inference-server/model-ca", Some(true))
+        );
+        // The user's variables reach the download too, not over its own.
+        isvc.spec.env = serde_json::from_value(serde_json::json!([
+            {"name": "AWS_REGION", "value": "eu-west-1"},
+            {"name": "MODEL_URI", "value": "https://elsewhere.example/w"},
+            {"name": "AWS_SECRET_ACCESS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}},
+        ]))
+        .unwrap();
+        let d2 = build(&isvc, &Config::default());
+        let env = fetch_env(&d2);
+        assert_eq!(env["AWS_REGION"].as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            env["MODEL_URI"].as_deref(),
+            Some("hf://timm/resnet50.tv_in1k/model.safetensors")
+        );
+        assert!(env.contains_key("AWS_SECRET_ACCESS_KEY"));
+        let names: Vec<_> = pod_spec(&d2).init_containers.as_ref().unwrap()[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(
+            names.iter().filter(|n| *n == "MODEL_URI").count(),
+            1,
+            "{names:?}"
+        );
+        // The server never sees it.
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != FETCH_CA_VOLUME)
+        );
     }
 
     #[test]
