@@ -110,7 +110,7 @@ CLUSTER_IMAGES := $(IMAGE_REPO)/inference-server:$(VERSION) $(IMAGE_REPO)/infere
 cluster-up: images
 	CLUSTER_NODE=real REAL_NODE_IMAGES="$(CLUSTER_IMAGES)" hack/cluster.sh up
 
-# Stops everything cluster-up started (and a local-node cluster) and removes its state.
+# Stops everything cluster-up started (the real node, then the control plane) and removes its state.
 cluster-down:
 	@if [ -f $(STATE)/demo/operator.pid ]; then kill $$(cat $(STATE)/demo/operator.pid) 2>/dev/null || true; rm -f $(STATE)/demo/operator.pid; fi
 	hack/cluster.sh down

@@ -1,25 +1,20 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager) built
 # from source by hack/build-control-plane.sh. No scheduler and no kubelet: Pods stay Pending,
-# unless the local node (local-node/, see node-up) runs: it schedules and runs them.
+# unless CLUSTER_NODE=real adds the real node (hack/real-node.sh), which schedules and runs them.
 #
-# Usage: hack/cluster.sh up|down|status|env|node-up|node-down|import
+# Usage: hack/cluster.sh up|down|status|env|import
 #   up      build or reuse the binaries, create certs, start what is not running, wait for
-#           /readyz and the default ServiceAccount, write $CLUSTER_STATE_DIR/kubeconfig;
-#           also runs node-up when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are both set.
+#           /readyz and the default ServiceAccount, write $CLUSTER_STATE_DIR/kubeconfig.
 #           With CLUSTER_NODE=real: a real node instead (hack/real-node.sh: containerd, kubelet,
 #           kube-proxy in a network namespace, kube-scheduler); kube-apiserver then listens on
 #           the host end of the node's veth, 198.19.255.1, not on 127.0.0.1.
 #           If it fails, it stops what it started (not what was already running).
-#   down    stop the local node (and its pod processes), then the control plane
+#   down    stop the real node's processes, then the control plane
 #           (SIGTERM, SIGKILL after CLUSTER_STOP_TIMEOUT), and delete the state
 #   status  show which processes run
 #   env     print `export KUBECONFIG=...` (use: eval "$(hack/cluster.sh env)")
 #   import TAG...  (CLUSTER_NODE=real) copy images from buildah's storage into the node
-#   node-up    start the local node (local-node/: registers a Node, schedules pods onto it,
-#              runs inference-server pods as local processes); needs LOCAL_NODE_BIN and
-#              INFERENCE_SERVER_BIN; waits until the Node is Ready
-#   node-down  stop the local node and every pod process it started
 #
 # Environment (defaults):
 #   CLUSTER_STATE_DIR          <repo>/.state/cluster
@@ -35,17 +30,7 @@
 #   CLUSTER_START_TIMEOUT      180     seconds to wait for each component
 #   CLUSTER_STOP_TIMEOUT       15      seconds between SIGTERM and SIGKILL
 #   CLUSTER_BIN_DIR            (from hack/build-control-plane.sh) use these binaries instead
-#   LOCAL_NODE_BIN             local-node binary (cargo build -p local-node)
-#   INFERENCE_SERVER_BIN       the binary local-node runs for pods (cargo build --release -p inference-server)
-#   CLUSTER_NODE_NAME          local-node     Node name
-#   CLUSTER_NODE_IP_PREFIX     198.18.100     pod IPs are <prefix>.2-254; local-node (root required)
-#                                             creates a network namespace ln-<8 hex> for its pods and a
-#                                             veth (host side ln-<8 hex> with <prefix>.1/24, pod side eth0
-#                                             with the pod IPs); node-down deletes both. The /24 must not
-#                                             be in use on this machine. Not loopback: the apiserver
-#                                             refuses loopback IPs in EndpointSlices
-#   CLUSTER_NODE_ARGS          extra local-node flags (word-split), e.g. --default-env MODEL_PATH=/w.safetensors
-#   CLUSTER_NODE               local (default: local-node, when its binaries are given) or real
+#   CLUSTER_NODE               none (default: no node) or real
 #   REAL_NODE_IMAGES           (CLUSTER_NODE=real) image tags imported into the node at up
 set -euo pipefail
 
@@ -64,8 +49,8 @@ KCM_CONTROLLERS_DEFAULT=deployment-controller,replicaset-controller,garbage-coll
 KCM_CONTROLLERS=${CLUSTER_KCM_CONTROLLERS:-$KCM_CONTROLLERS_DEFAULT}
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 MARKER=.inference-cluster-state
-NODE_KIND=${CLUSTER_NODE:-local}
-case "$NODE_KIND" in local|real) ;; *) echo "cluster: error: CLUSTER_NODE must be local or real, not '$NODE_KIND'" >&2; exit 2 ;; esac
+NODE_KIND=${CLUSTER_NODE:-none}
+case "$NODE_KIND" in none|real) ;; *) echo "cluster: error: CLUSTER_NODE must be none or real, not '$NODE_KIND'" >&2; exit 2 ;; esac
 # A real node reaches kube-apiserver over its veth (hack/real-node.sh); otherwise loopback only.
 API_HOST=127.0.0.1
 [[ $NODE_KIND == real ]] && API_HOST=198.19.255.1
@@ -117,17 +102,15 @@ stop_started_on_failure() {
   for (( i=${#STARTED[@]}-1; i>=0; i-- )); do
     c=${STARTED[i]}
     if [[ $c == real-node ]]; then "$REAL_NODE" down || true; continue; fi
-    if [[ $c == local-node ]]; then pid=$(node_pid) || continue
-    else pid=${STARTED_PID[$c]:-}; [[ -n "$pid" ]] || pid=$(pid_of "$c") || continue; fi
+    pid=${STARTED_PID[$c]:-}; [[ -n "$pid" ]] || pid=$(pid_of "$c") || continue
     stop_pid "$c" "$pid"
   done
   return "$rc"
 }
 
-# Until it execs, a background child is a copy of this shell, and pid_of / node_pid (which check
-# the command line, against pid reuse) would call it dead: a loaded machine failed `up` with
-# "kube-controller-manager exited" and an empty log, and `node-up` with "local-node exited"
-# while local-node ran. Wait for the exec (≤ 5 s).
+# Until it execs, a background child is a copy of this shell, which pid_of (it checks the
+# command line, against pid reuse) calls dead. Wait for the exec (≤ 5 s) before logging "started";
+# the waits below ask component_alive (hack/lib.sh), which does not race with the exec.
 wait_exec() { # pid check-command...
   local pid=$1 i; shift
   for ((i = 0; i < 250; i++)); do
@@ -347,96 +330,14 @@ cmd_up() {
   if [[ $NODE_KIND == real ]]; then
     [[ " ${STARTED[*]} " == *" real-node "* ]] || STARTED+=(real-node)
     BIN=$BIN "$REAL_NODE" up
-  elif [[ -n "${LOCAL_NODE_BIN:-}" && -n "${INFERENCE_SERVER_BIN:-}" ]]; then cmd_node_up; fi
+  fi
   echo "export KUBECONFIG=$S/kubeconfig"
-}
-
-# ---------------------------------------------------------------------------------- local node
-NODE_NAME=${CLUSTER_NODE_NAME:-local-node}
-
-node_pid() { # pid of local-node if it runs (same pid-reuse guard as pid_of)
-  local f="$S/run/local-node.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid=$(<"$f")
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "local-node --node-name" || return 1
-  echo "$pid"
-}
-
-node_ready() { # (404 until the node registers: not an error worth printing)
-  api_get "/api/v1/nodes/$NODE_NAME" 2>/dev/null | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'
-}
-
-cmd_node_up() {
-  trap stop_started_on_failure EXIT
-  [[ -f "$S/$MARKER" && -f "$S/kubeconfig" ]] || die "no cluster at $S; run '$0 up' first"
-  [[ -n "${LOCAL_NODE_BIN:-}" ]] || die "set LOCAL_NODE_BIN (cargo build -p local-node)"
-  [[ -n "${INFERENCE_SERVER_BIN:-}" ]] || die "set INFERENCE_SERVER_BIN (cargo build --release -p inference-server)"
-  local bin srv
-  bin=$(realpath "$LOCAL_NODE_BIN") && [[ -x "$bin" ]] || die "LOCAL_NODE_BIN=$LOCAL_NODE_BIN is not an executable"
-  srv=$(realpath "$INFERENCE_SERVER_BIN") && [[ -x "$srv" ]] || die "INFERENCE_SERVER_BIN=$INFERENCE_SERVER_BIN is not an executable"
-  if node_pid >/dev/null; then log "local-node already running"; else
-    mkdir -p "$S/node"
-    # shellcheck disable=SC2086
-    setsid "$bin" --node-name "$NODE_NAME" --kubeconfig "$S/kubeconfig" --inference-server-bin "$srv" \
-      --state-dir "$S/node" ${CLUSTER_NODE_IP_PREFIX:+--ip-prefix "$CLUSTER_NODE_IP_PREFIX"} ${CLUSTER_NODE_ARGS:-} \
-      >>"$S/logs/local-node.log" 2>&1 </dev/null &
-    local pid=$!
-    echo "$pid" >"$S/run/local-node.pid"
-    STARTED+=(local-node)
-    wait_exec "$pid" node_pid
-    log "started local-node (pid $pid), log $S/logs/local-node.log, pods under $S/node/pods"
-  fi
-  local t0=$SECONDS
-  until node_ready; do
-    if ! node_pid >/dev/null; then
-      tail -n 30 "$S/logs/local-node.log" >&2 || true
-      die "local-node exited; log: $S/logs/local-node.log"
-    fi
-    (( SECONDS - t0 < START_TIMEOUT )) || die "timed out waiting for node $NODE_NAME to be Ready; log: $S/logs/local-node.log"
-    sleep 0.3
-  done
-  log "node $NODE_NAME Ready after $((SECONDS - t0))s"
-}
-
-cmd_node_down() {
-  [[ -d "$S" ]] || return 0
-  local pid f
-  if pid=$(node_pid); then
-    # local-node stops its pods (SIGTERM, SIGKILL after at most 10 s) before it exits
-    STOP_TIMEOUT=$(( STOP_TIMEOUT > 25 ? STOP_TIMEOUT : 25 )) stop_pid local-node "$pid"
-  fi
-  # pod processes that outlived it (local-node killed with SIGKILL: PR_SET_PDEATHSIG normally
-  # takes them along already): <node state>/pids/<pid> holds the binary path
-  for f in "$S"/node/pids/*; do
-    [[ -f "$f" ]] || continue
-    pid=${f##*/}
-    if [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$(<"$f")"* ]]; then
-      log "killing leftover pod process $pid"
-      kill -KILL -- "-$pid" "$pid" 2>/dev/null || true
-    fi
-    rm -f "$f"
-  done
-  # the pod network of a local-node that could not remove it (killed): <node state>/netns holds
-  # the name of the network namespace and of the host side of the veth (deleting the veth also
-  # deletes its peer; the namespace itself goes with its last process)
-  local ns
-  if [[ -f "$S/node/netns" ]]; then
-    ns=$(<"$S/node/netns")
-    if [[ "$ns" =~ ^ln-[0-9a-f]{8}$ ]]; then
-      if [[ -e "/sys/class/net/$ns" ]] && ip link del "$ns" 2>/dev/null; then log "removed veth $ns"; fi
-      if [[ -e "/run/netns/$ns" ]] && ip netns del "$ns" 2>/dev/null; then log "removed network namespace $ns"; fi
-    fi
-    rm -f "$S/node/netns"
-  fi
-  rm -f "$S/run/local-node.pid"
 }
 
 cmd_down() {
   if [[ ! -d "$S" ]]; then log "no state at $S; nothing to do"; return; fi
   [[ -f "$S/$MARKER" ]] || die "$S is not a cluster state dir (no $MARKER); not touching it"
   local c pid i
-  cmd_node_down
   # A real node (pods, containerd, kubelet, the namespace, routes, rules) before its apiserver:
   # only this cluster's (its state dir has real-node/ from net-up on). The namespace's name is
   # fixed: a test binary's watchdog tearing down its own cluster must not take down the real
@@ -459,8 +360,6 @@ cmd_status() {
     if pid=$(pid_of "$c"); then printf '%-24s running  pid %s\n' "$c" "$pid"
     else printf '%-24s stopped\n' "$c"; rc=3; fi
   done
-  if pid=$(node_pid); then printf '%-24s running  pid %s\n' local-node "$pid"
-  elif [[ -f "$S/run/local-node.pid" ]]; then printf '%-24s stopped\n' local-node; rc=3; fi
   if [[ -d "$S/real-node" ]]; then "$REAL_NODE" status || rc=3; fi
   if [[ -f "$S/pki/ca.crt" ]] && api_get /readyz >/dev/null 2>&1; then
     echo "apiserver /readyz        ok  https://$API_HOST:$API_PORT"
@@ -478,8 +377,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  node-up) cmd_node_up ;;
-  node-down) cmd_node_down ;;
   import) shift; "$REAL_NODE" import "$@" ;;
   *) sed -n '2,48p' "$0" >&2; exit 2 ;;
 esac

@@ -17,74 +17,18 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::real::*;
 use common::*;
 use inference_operator::crd::InferenceService;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use test_cluster::{Cluster, Options, RealNode};
-
-const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn image(name: &str) -> String {
-    format!("ghcr.io/inference-server/{name}:{VERSION}")
-}
 
 fn images() -> Vec<String> {
     ["inference-server", "inference-operator", "resnet50-demo"]
         .map(image)
         .to_vec()
-}
-
-/// Why a real node cannot run here, if it cannot.
-fn missing() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    for tool in ["containerd", "buildah", "runc"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!("{tool} is not installed (make deps)"));
-        }
-    }
-    for tag in images() {
-        let present = Command::new("buildah")
-            .args(["inspect", "--type", "image", &tag])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !present {
-            return Some(format!("image {tag} is not built (make images)"));
-        }
-    }
-    None
-}
-
-fn real_cluster() -> Option<&'static Cluster> {
-    if let Some(why) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "a real node cannot run: {why}"
-        );
-        eprintln!("SKIPPED: a real node cannot run: {why}");
-        return None;
-    }
-    Some(Cluster::shared(|| Options {
-        state_root: Some(tmp_dir()),
-        real_node: Some(RealNode {
-            images: images(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }))
-}
-
-fn cat_jpg() -> Vec<u8> {
-    std::fs::read(repo_file("inference/tests/fixtures/images/cat.jpg")).unwrap()
 }
 
 /// POST /predict with a JPEG body: (status, JSON body).
@@ -108,12 +52,12 @@ async fn predict(url: String, image: Vec<u8>) -> (u16, Value) {
 
 #[tokio::test]
 async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kube_proxy() {
-    let Some(cluster) = real_cluster() else {
+    let Some(cluster) = real_cluster(images(), false) else {
         return;
     };
     let t0 = Instant::now();
     let client = cluster.client().await;
-    let node = "inference-node";
+    let node = NODE;
 
     // The operator from its chart: a pod of the operator image under the chart's ServiceAccount.
     let chart: PathBuf = repo_file("charts/inference-operator");
@@ -406,29 +350,8 @@ async fn hpa_scales_out_under_load_and_back(isvcs: &Api<InferenceService>, url: 
         "HPA: idle, down to 1 replica at {:.1}s",
         t0.elapsed().as_secs_f32()
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load_start = Instant::now();
-    let workers: Vec<_> = (0..3)
-        .map(|_| {
-            let (stop, url) = (stop.clone(), url.to_string());
-            std::thread::spawn(move || {
-                let agent = http_agent(Duration::from_secs(30));
-                let photo = cat_jpg();
-                let (mut ok, mut failed) = (0u32, 0u32);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match agent
-                        .post(&url)
-                        .header("Content-Type", "image/jpeg")
-                        .send(&photo[..])
-                    {
-                        Ok(r) if r.status() == 200 => ok += 1,
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = Load::start(url, 3);
     let scaled = test_cluster::wait_for(
         "the HPA to scale out under load",
         Duration::from_secs(240),
@@ -439,12 +362,8 @@ async fn hpa_scales_out_under_load_and_back(isvcs: &Api<InferenceService>, url: 
     )
     .await;
     let out_after = load_start.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, 0);
-    for w in workers {
-        let (o, f) = w.join().unwrap();
-        (ok, failed) = (ok + o, failed + f);
-    }
+    let report = load.stop();
+    let (ok, failed) = (report.ok, report.failures.len());
     let load_end = Instant::now();
     test_cluster::wait_for(
         "the HPA to scale back in without load",

@@ -1,10 +1,11 @@
-//! A private Kubernetes control plane for integration tests, optionally with the local node.
+//! A private Kubernetes control plane for integration tests, optionally with the real node
+//! (hack/real-node.sh: kubelet, containerd, kube-proxy, kube-scheduler; one per machine).
 //!
 //! ```ignore
-//! let cluster = test_cluster::Cluster::start_with(test_cluster::Options::with_local_node())?;
+//! let cluster = test_cluster::Cluster::start()?;
 //! let client = cluster.client().await;          // a kube::Client for *this* tokio runtime
 //! test_cluster::apply_yaml(&client, YAML, Some("default")).await?;
-//! // Drop (also on panic) runs `hack/cluster.sh down`: control plane, node, pod processes.
+//! // Drop (also on panic) runs `hack/cluster.sh down`: control plane, node, pods.
 //! ```
 //!
 //! Each cluster runs `hack/cluster.sh up` with its own state dir and free ports, so test
@@ -15,7 +16,7 @@
 //! The control plane binaries are built by hack/build-control-plane.sh if missing (a cold
 //! build takes ~20 min; afterwards `up` takes a few seconds).
 //!
-//! Logs (control plane, local-node, pod processes) are copied to `<state dir>-logs` when a test
+//! Logs (control plane, real node) are copied to `<state dir>-logs` when a test
 //! panics while owning a [`Cluster`], or always with `TEST_CLUSTER_KEEP_LOGS=1`.
 
 pub mod podman;
@@ -40,91 +41,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The inference-server binary: `$INFERENCE_SERVER_BIN` or `<workspace>/target/release/inference-server`.
-/// Panics with instructions when it is missing.
-pub fn inference_server_bin() -> PathBuf {
-    let p = std::env::var_os("INFERENCE_SERVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/inference-server"));
-    assert!(
-        p.is_file(),
-        "inference-server binary not found at {}: run `cargo build --release -p inference-server` \
-         (or set INFERENCE_SERVER_BIN to the binary)",
-        p.display()
-    );
-    p
-}
-
-/// The local-node binary: `$LOCAL_NODE_BIN`, else `cargo build -p local-node` into
-/// `<target>/test-cluster` (a separate target dir, so it does not wait on the running build).
-/// local-node's own tests pass `env!("CARGO_BIN_EXE_local-node")` instead.
-pub fn local_node_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("LOCAL_NODE_BIN") {
-            return PathBuf::from(p);
-        }
-        // <target>/<profile>/deps/<test-binary>
-        let exe = std::env::current_exe().expect("current exe");
-        let target = exe
-            .ancestors()
-            .nth(3)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| workspace_root().join("target"));
-        let target_dir = target.join("test-cluster");
-        eprintln!(
-            "test-cluster: building local-node into {} (set LOCAL_NODE_BIN to skip)",
-            target_dir.display()
-        );
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "local-node"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .current_dir(workspace_root())
-            .status()
-            .expect("running cargo");
-        assert!(status.success(), "cargo build -p local-node failed");
-        target_dir.join("debug/local-node")
-    })
-    .clone()
-}
-
-/// How to run the local node in the cluster.
-#[derive(Clone, Debug)]
-pub struct LocalNode {
-    pub local_node_bin: PathBuf,
-    pub inference_server_bin: PathBuf,
-    /// Node name (default `local-node`).
-    pub name: String,
-    /// Extra local-node flags, e.g. `["--crashloop-backoff-max-seconds", "2"]`.
-    pub args: Vec<String>,
-}
-
-impl LocalNode {
-    /// [`local_node_bin`] and [`inference_server_bin`], a 2 s crash-loop back-off cap.
-    pub fn new() -> Self {
-        Self::with_bin(local_node_bin())
-    }
-
-    pub fn with_bin(local_node_bin: impl Into<PathBuf>) -> Self {
-        Self {
-            local_node_bin: local_node_bin.into(),
-            inference_server_bin: inference_server_bin(),
-            name: "local-node".into(),
-            args: vec!["--crashloop-backoff-max-seconds".into(), "2".into()],
-        }
-    }
-}
-
-impl Default for LocalNode {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    pub local_node: Option<LocalNode>,
     /// Parent of the state dir; default `$CARGO_TARGET_TMPDIR` if set, else the temp dir.
     pub state_root: Option<PathBuf>,
     /// Extra kube-apiserver flags (e.g. an audit log for a benchmark).
@@ -144,19 +62,9 @@ pub struct RealNode {
     pub no_addons: bool,
 }
 
-impl Options {
-    pub fn with_local_node() -> Self {
-        Self {
-            local_node: Some(LocalNode::new()),
-            ..Default::default()
-        }
-    }
-}
-
 pub struct Cluster {
     state_dir: PathBuf,
     env: Vec<(String, String)>,
-    node: Option<(LocalNode, String)>,
     watchdog: Option<Child>,
 }
 
@@ -200,7 +108,7 @@ impl Cluster {
         Self::start_with(Options::default())
     }
 
-    /// A control plane and, with `opts.local_node`, the local node. Blocks while cluster.sh runs
+    /// A control plane and, with `opts.real_node`, the real node. Blocks while cluster.sh runs
     /// (a few seconds when the binaries are built).
     pub fn start_with(opts: Options) -> anyhow::Result<Cluster> {
         let root = opts
@@ -215,16 +123,6 @@ impl Cluster {
                 std::process::id(),
                 id & 0xffff_ffff
             ));
-            // A /24 of the pod range 198.18.0.0/16 (198.19.0.0/20 holds the Service ClusterIPs)
-            // that no other cluster (nor the default 198.18.100) is likely to use. local-node puts
-            // it in a network namespace of its own (veth, host side <prefix>.1/24; needs root) and
-            // refuses a /24 in use on this machine ("already in use": retried below with another
-            // one).
-            let n = match 1 + (id % 254) as u32 {
-                100 => 101,
-                n => n,
-            };
-            let ip_prefix = format!("198.18.{n}");
             let mut env = vec![
                 (
                     "CLUSTER_STATE_DIR".to_string(),
@@ -246,32 +144,14 @@ impl Cluster {
                     env.push(("REAL_NODE_ADDONS".into(), "0".into()));
                 }
             }
-            if let Some(n) = &opts.local_node {
-                env.push((
-                    "LOCAL_NODE_BIN".into(),
-                    n.local_node_bin.display().to_string(),
-                ));
-                env.push((
-                    "INFERENCE_SERVER_BIN".into(),
-                    n.inference_server_bin.display().to_string(),
-                ));
-                env.push(("CLUSTER_NODE_NAME".into(), n.name.clone()));
-                env.push(("CLUSTER_NODE_IP_PREFIX".into(), ip_prefix.clone()));
-                env.push(("CLUSTER_NODE_ARGS".into(), n.args.join(" ")));
-            }
             let mut cluster = Cluster {
                 state_dir,
                 env,
-                node: opts.local_node.clone().map(|n| (n, ip_prefix)),
                 watchdog: None,
             };
             cluster.watchdog = Some(cluster.spawn_watchdog()?);
             let t0 = Instant::now();
-            let res = cluster.cluster_sh("up").and_then(|_| match &cluster.node {
-                Some(_) => cluster.cluster_sh("node-up"),
-                None => Ok(String::new()),
-            });
-            match res {
+            match cluster.cluster_sh("up") {
                 Ok(_) => {
                     eprintln!(
                         "test-cluster: up in {:.1}s, KUBECONFIG={}",
@@ -302,18 +182,13 @@ impl Cluster {
             .get_or_init(|| Cluster::start_with(opts()).expect("starting the shared test cluster"))
     }
 
-    /// A command with this cluster's settings and none inherited: `cluster.sh up` starts a node
-    /// by itself when LOCAL_NODE_BIN and INFERENCE_SERVER_BIN are set (as `make test` sets them
-    /// for the tests), and a cluster without `local_node` must not get one.
+    /// A command with this cluster's settings and none inherited (a CLUSTER_NODE=real in the
+    /// caller's environment must not give a cluster without `real_node` a node).
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if k.starts_with("CLUSTER_")
-                || k == "LOCAL_NODE_BIN"
-                || k == "INFERENCE_SERVER_BIN"
-                || k.starts_with("REAL_NODE_")
-            {
+            if k.starts_with("CLUSTER_") || k.starts_with("REAL_NODE_") {
                 cmd.env_remove(&*k);
             }
         }
@@ -321,7 +196,7 @@ impl Cluster {
         cmd
     }
 
-    /// Runs `hack/cluster.sh <cmd>` for this cluster (e.g. `node-up` after killing the node).
+    /// Runs `hack/cluster.sh <cmd>` for this cluster.
     pub fn cluster_sh(&self, cmd: &str) -> anyhow::Result<String> {
         let out = self
             .command(workspace_root().join("hack/cluster.sh"))
@@ -345,7 +220,7 @@ impl Cluster {
             .arg(
                 r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
                 if [ -n "$TEST_CLUSTER_KEEP_LOGS" ]; then
-                  mkdir -p "$CLUSTER_STATE_DIR-logs" && cp -r "$CLUSTER_STATE_DIR/logs" "$CLUSTER_STATE_DIR/node" "$CLUSTER_STATE_DIR-logs/" 2>/dev/null
+                  mkdir -p "$CLUSTER_STATE_DIR-logs" && cp -r "$CLUSTER_STATE_DIR/logs" "$CLUSTER_STATE_DIR/real-node/logs" "$CLUSTER_STATE_DIR-logs/" 2>/dev/null
                 fi
                 exec "$2" down"#,
             )
@@ -383,55 +258,10 @@ impl Cluster {
         &self.state_dir
     }
 
-    /// Logs of etcd, kube-apiserver, kube-controller-manager and local-node.
+    /// Logs of etcd, kube-apiserver and kube-controller-manager (the real node's: under
+    /// `real-node/logs` in the state dir).
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
-    }
-
-    /// Where local-node keeps per-pod work dirs: `<node dir>/pods/<ns>_<name>_<uid>/<container>/<restart>.log`.
-    pub fn node_dir(&self) -> PathBuf {
-        self.state_dir.join("node")
-    }
-
-    pub fn node_name(&self) -> Option<&str> {
-        self.node.as_ref().map(|(n, _)| n.name.as_str())
-    }
-
-    /// Pod IPs are `<prefix>.2` .. `<prefix>.254`, inside the node's network namespace
-    /// (reachable from the host through its veth).
-    pub fn node_ip_prefix(&self) -> Option<&str> {
-        self.node.as_ref().map(|(_, p)| p.as_str())
-    }
-
-    /// pid of local-node, if it runs.
-    pub fn node_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.state_dir.join("run/local-node.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Processes of the inference-server binary started by this cluster's node (found by
-    /// their working directory under [`Cluster::node_dir`]).
-    pub fn pod_processes(&self) -> Vec<i32> {
-        let dir = self.node_dir().display().to_string();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
-                && cwd.to_string_lossy().starts_with(&dir)
-            {
-                pids.push(pid);
-            }
-        }
-        pids
     }
 
     /// Tears everything down now (Drop does the same).
@@ -449,31 +279,14 @@ impl Cluster {
             let _ = Command::new("cp")
                 .arg("-r")
                 .arg(self.logs_dir())
-                .arg(self.node_dir())
+                .arg(self.state_dir.join("real-node/logs"))
                 .arg(&keep)
                 .status();
             eprintln!("test-cluster: logs kept in {}", keep.display());
         }
-        // the node's network namespace (`<node dir>/netns`): `down` deletes it, also when
-        // local-node was killed; make sure, since the state dir is gone afterwards
-        let netns = std::fs::read_to_string(self.node_dir().join("netns")).ok();
         let res = self.cluster_sh("down").map(|_| ());
         let _ = w.kill();
         let _ = w.wait();
-        if let Some(ns) = netns
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-        {
-            let left = |p: &str| Path::new(p).join(&ns).exists();
-            if left("/run/netns") || left("/sys/class/net") {
-                eprintln!("test-cluster: network namespace/veth {ns} left behind; deleting it");
-                let _ = Command::new("ip").args(["link", "del", &ns]).status();
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-                if left("/run/netns") || left("/sys/class/net") {
-                    return res.and(Err(anyhow::anyhow!("could not delete netns/veth {ns}")));
-                }
-            }
-        }
         res
     }
 }

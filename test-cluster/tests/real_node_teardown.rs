@@ -108,7 +108,7 @@ async fn up_and_down_in_a_row_then_down_after_kill_9_of_everything_leaves_nothin
     }
     let before = sysctls();
     // Start-up and teardown in a row, each start checked to the node's Ready (the races the
-    // old local node had were in start-up), each teardown to nothing left.
+    // retired local node had were in start-up), each teardown to nothing left.
     for round in 1..=3 {
         let t0 = std::time::Instant::now();
         let c = Cluster::start_with(Options {

@@ -3,6 +3,8 @@
 //! (and the operator's log) when they time out.
 #![allow(dead_code)]
 
+pub mod real;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -36,7 +38,6 @@ pub fn tmp_dir() -> PathBuf {
 /// This binary's private cluster (no node: pods stay Pending), torn down when the process exits.
 pub fn cluster() -> &'static Cluster {
     Cluster::shared(|| Options {
-        local_node: None,
         state_root: Some(tmp_dir()),
         ..Default::default()
     })
@@ -571,8 +572,7 @@ impl Drop for Operator {
     }
 }
 
-/// `--default-image` of the operators the tests start (local-node runs any image whose name
-/// contains `inference-server`).
+/// `--default-image` of the operators the tests start (tests on the real node name their image).
 pub const DEFAULT_IMAGE: &str = "example.com/ml/inference-server:test";
 
 // ---- Reading objects ------------------------------------------------------------------------
