@@ -5,14 +5,16 @@
 //! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` / `_RELATIVE_URI`); else the instance profile. Region
 //! from `AWS_REGION` / `AWS_DEFAULT_REGION`; an S3-compatible store (MinIO, a test server) from
 //! `AWS_ENDPOINT_URL` (`AWS_ALLOW_HTTP=true` for plain http). Signing is object_store's; its
-//! own retries are off: the caller's loop retries, with its back-off and its messages.
+//! own retries are off: the caller's loop retries, with its back-off and its messages. TLS roots:
+//! `--ca-file`'s, else the built-in Mozilla roots, in addition to the system's.
 
 use std::path::Path;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt as _;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::{ClientConfigKey, RetryConfig};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{Certificate, ClientOptions, RetryConfig};
 
 use super::sink::Sink;
 use super::{Failure, FetchArgs};
@@ -26,34 +28,43 @@ impl Store {
     pub(super) fn new(bucket: &str, args: &FetchArgs) -> Result<Store, String> {
         // reqwest's rustls takes the process-wide provider: ring, as the rest of the binary.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        if let Some(path) = &args.ca_file {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
-            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(format!(
-                    "--ca-file {}: no certificate in it",
-                    path.display()
-                ));
+        // The roots to trust: --ca-file's, else the Mozilla roots built in (as for https://),
+        // added to the system's. Built in because a distroless image may carry no CA bundle,
+        // and the verifier refuses to start with no root at all.
+        let roots = match &args.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+                let certs = Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("--ca-file {}: {}", path.display(), chain(&e)))?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "--ca-file {}: no certificate in it",
+                        path.display()
+                    ));
+                }
+                certs
             }
-            // The verifier reads the roots from SSL_CERT_FILE when it is set (instead of the
-            // system's): the same "trust this CA instead" as for https://. Set here rather than
-            // through object_store's client options, which would replace the ones it read from
-            // the environment (AWS_ALLOW_HTTP, proxies).
-            // SAFETY: `fetch` runs on the main thread before any other thread exists (its
-            // runtime is made below), so nothing reads the environment concurrently.
-            unsafe { std::env::set_var("SSL_CERT_FILE", path) };
+            None => webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("S3 client: {}", chain(&e)))?,
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.001));
+        // Client options replace the ones from_env read: AWS_ALLOW_HTTP is carried over here.
+        let allow_http =
+            std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut client = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_connect_timeout(secs(args.connect_timeout_seconds))
+            .with_timeout(secs(args.transfer_timeout_seconds));
+        for c in roots {
+            client = client.with_root_certificate(c);
         }
-        let ms = |s: f64| format!("{}ms", (s.max(0.001) * 1000.0).round() as u64);
         let s3 = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                ms(args.connect_timeout_seconds),
-            )
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                ms(args.transfer_timeout_seconds),
-            )
+            .with_client_options(client)
             .with_retry(RetryConfig {
                 max_retries: 0,
                 ..Default::default()
