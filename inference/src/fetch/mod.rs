@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::config::FetchArgs;
-use sink::Sink;
+use sink::{Failure, Sink};
 
 /// Where the file is.
 #[derive(Debug, PartialEq)]
@@ -104,15 +104,6 @@ pub fn redact(uri: &str) -> String {
         }
         None => no_query.to_string(),
     }
-}
-
-/// How a try ended badly.
-#[derive(Debug)]
-enum Failure {
-    /// Worth another try (network, timeout, cut-off body, 5xx/429).
-    Retry(String),
-    /// Trying again would give the same answer.
-    Fatal(String),
 }
 
 fn agent(args: &FetchArgs) -> Result<ureq::Agent, String> {

@@ -16,8 +16,8 @@ use object_store::ObjectStoreExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{Certificate, ClientOptions, RetryConfig};
 
-use super::sink::Sink;
-use super::{Failure, FetchArgs};
+use super::sink::{Failure, Sink};
+use crate::config::FetchArgs;
 
 pub(super) struct Store {
     rt: tokio::runtime::Runtime,

@@ -1,11 +1,19 @@
-//! The `.part` file a download streams into, hashed as it is written (constant memory).
+//! The `.part` file a download streams into, hashed as it is written (constant memory), and how
+//! a try ends badly (shared by the https:// and s3:// paths, which the loop in `fetch` retries).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::Failure;
+/// How a try ended badly.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// Worth another try (network, timeout, cut-off body, 5xx/429).
+    Retry(String),
+    /// Trying again would give the same answer.
+    Fatal(String),
+}
 
 pub(super) struct Sink<'a> {
     part: &'a Path,
