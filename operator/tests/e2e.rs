@@ -214,6 +214,36 @@ async fn pods_of(pods: &Api<Pod>, name: &str) -> Vec<Pod> {
     pods.list(&lp).await.unwrap().items
 }
 
+/// `ip:8080` of the pod (its server's port).
+fn pod_addr(p: &Pod) -> String {
+    format!(
+        "{}:8080",
+        p.status.as_ref().unwrap().pod_ip.clone().unwrap()
+    )
+}
+
+/// The class ids of a /predict answer, best first.
+fn top5(answer: &Value) -> Vec<i64> {
+    answer["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["class_id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Waits until InferenceService `name` is Ready, then asks its (one) pod for the cat's top 5.
+async fn ready_then_top5(env: &Env, pods: &Api<Pod>, name: &str) -> Vec<i64> {
+    env.wait_isvc(name, "Ready", START, |i| {
+        observed_current(i) && cond_of(i, "Ready").0 == "True"
+    })
+    .await;
+    let p = &pods_of(pods, name).await[0];
+    let (code, body) = predict(&pod_addr(p), cat_jpg()).await;
+    assert_eq!(code, 200, "{name}: {body}");
+    top5(&body)
+}
+
 /// GET http://ADDR/ready: Some(status), None when nothing answers.
 async fn ready_status(addr: String) -> Option<u16> {
     tokio::task::spawn_blocking(move || {
@@ -472,15 +502,7 @@ async fn serves_rolls_out_drains_restarts_and_reports_on_a_real_kubelet() {
         // Restricted, and enforced: runc ran the server that way, and it serves.
         assert_restricted(p);
     }
-    let mut ips: Vec<String> = first
-        .iter()
-        .map(|p| {
-            format!(
-                "{}:8080",
-                p.status.as_ref().unwrap().pod_ip.clone().unwrap()
-            )
-        })
-        .collect();
+    let mut ips: Vec<String> = first.iter().map(pod_addr).collect();
     ips.sort();
     assert!(ips.iter().all(|ip| ip.starts_with("198.18.0.")), "{ips:?}");
 
@@ -561,10 +583,7 @@ async fn serves_rolls_out_drains_restarts_and_reports_on_a_real_kubelet() {
     // once), then the server answers /ready 503 while it drains and still answers requests,
     // then it exits.
     let victim = &second[0];
-    let addr = format!(
-        "{}:8080",
-        victim.status.as_ref().unwrap().pod_ip.clone().unwrap()
-    );
+    let addr = pod_addr(victim);
     let t2 = Instant::now();
     pods.delete(&victim.name_any(), &DeleteParams::default())
         .await
@@ -938,28 +957,9 @@ async fn serves_rolls_out_drains_restarts_and_reports_on_a_real_kubelet() {
         fetched("seed42.safetensors", Some(&mirror.sha256)),
     )
     .await;
-    env.wait_isvc("fetched", "Ready with the downloaded weights", START, |i| {
-        observed_current(i) && cond_of(i, "Ready").0 == "True"
-    })
-    .await;
-    let p = &pods_of(&pods, "fetched").await[0];
-    let addr = format!(
-        "{}:8080",
-        p.status.as_ref().unwrap().pod_ip.clone().unwrap()
-    );
-    let (code, body) = predict(&addr, cat_jpg()).await;
-    assert_eq!(code, 200, "{body}");
-    let classes = |b: &Value| -> Vec<i64> {
-        b["predictions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["class_id"].as_i64().unwrap())
-            .collect()
-    };
     assert_eq!(
-        classes(&body),
-        classes(&demo_answer),
+        ready_then_top5(&env, &pods, "fetched").await,
+        top5(&demo_answer),
         "the same weights, the same answer"
     );
     eprintln!(
@@ -1024,20 +1024,9 @@ async fn serves_rolls_out_drains_restarts_and_reports_on_a_real_kubelet() {
                 }),
             )
             .await;
-            env.wait_isvc("from-s3", "Ready with the weights from S3", START, |i| {
-                observed_current(i) && cond_of(i, "Ready").0 == "True"
-            })
-            .await;
-            let p = &pods_of(&pods, "from-s3").await[0];
-            let addr = format!(
-                "{}:8080",
-                p.status.as_ref().unwrap().pod_ip.clone().unwrap()
-            );
-            let (code, body) = predict(&addr, cat_jpg()).await;
-            assert_eq!(code, 200, "{body}");
             assert_eq!(
-                classes(&body),
-                classes(&demo_answer),
+                ready_then_top5(&env, &pods, "from-s3").await,
+                top5(&demo_answer),
                 "the same weights, the same answer"
             );
             eprintln!(
