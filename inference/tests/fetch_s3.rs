@@ -1,9 +1,10 @@
 //! `inference-server fetch --uri s3://…` against an S3-compatible server on loopback (moto's
 //! server mode, tests/fixtures/s3_server.py, with authentication on): signed with the key of a
 //! user allowed to read; a wrong checksum; a missing key (404); a user allowed nothing and an
-//! unknown key (403); a file that is not the model; a server that is not there (retried, then
-//! given up). Each failure is one line naming the URI, leaves nothing at the output path and no
-//! `.part`, and never shows the secret key.
+//! unknown key (403); a file that is not the model; a server that is not there, a transfer cut
+//! off half-way and a server that stalls mid-body (the last two injected by the fixture into
+//! moto's signed 200 answers): retried, then given up. Each failure is one line naming the URI,
+//! leaves nothing at the output path and no `.part`, and never shows the secret key.
 //!
 //! Needs a Python with moto: `S3_PYTHON` (tools/test.sh makes .state/venv-s3 and sets it).
 //! Without it the test says so and checks nothing, except under CI, where it fails.
@@ -13,6 +14,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use inference_server::model::weights;
 use sha2::{Digest, Sha256};
@@ -78,6 +80,7 @@ fn start(python: &str) -> Moto {
 struct Fetched {
     out: Output,
     path: PathBuf,
+    took: Duration,
 }
 
 impl Fetched {
@@ -109,6 +112,7 @@ fn fetch(m: &Moto, port: u16, uri: &str, key: &(String, String), extra: &[&str])
     let out_dir = m.dir.join(format!("out-{}", free_port()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let path = out_dir.join("resnet50.safetensors");
+    let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_inference-server"))
         .args(["fetch", "--uri", uri, "--out"])
         .arg(&path)
@@ -130,7 +134,11 @@ fn fetch(m: &Moto, port: u16, uri: &str, key: &(String, String), extra: &[&str])
         .env("AWS_SECRET_ACCESS_KEY", &key.1)
         .output()
         .unwrap();
-    Fetched { out, path }
+    Fetched {
+        out,
+        path,
+        took: t.elapsed(),
+    }
 }
 
 #[test]
@@ -193,4 +201,28 @@ fn fetch_from_s3_with_the_aws_credential_chain() {
     let f = fetch(&m, free_port(), uri, &m.reader, &["--attempts", "3"]);
     f.failed_with(uri, "(gave up after 3 tries)", &secret);
     assert_eq!(f.stderr().matches("failed (").count(), 2, "{}", f.stderr());
+    // The object's real headers (full Content-Length), then half the body and the connection
+    // shut: retried, then given up.
+    let cut = "s3://models/truncated/good.safetensors";
+    let f = fetch(&m, m.port, cut, &m.reader, &["--attempts", "2"]);
+    f.failed_with(cut, "gave up after 2 tries", &secret);
+    assert!(f.stderr().contains("try 1 of 2 failed"), "{}", f.stderr());
+    assert!(f.stderr().contains("broke off after"), "{}", f.stderr());
+    // The headers and a first piece, then a trickle: the transfer timeout cuts each try off.
+    let slow = "s3://models/slow/good.safetensors";
+    let f = fetch(
+        &m,
+        m.port,
+        slow,
+        &m.reader,
+        &["--attempts", "2", "--transfer-timeout-seconds", "1"],
+    );
+    f.failed_with(slow, "gave up after 2 tries", &secret);
+    assert!(f.stderr().contains("try 1 of 2 failed"), "{}", f.stderr());
+    assert!(f.stderr().contains("timed out"), "{}", f.stderr());
+    assert!(
+        f.took < Duration::from_secs(20),
+        "the stall was not cut off ({:?})",
+        f.took
+    );
 }

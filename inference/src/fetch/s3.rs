@@ -90,7 +90,7 @@ impl Store {
             let mut stream = got.into_stream();
             let mut sink = Sink::create(part)?;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| sink.broke_off(e))?;
+                let chunk = chunk.map_err(|e| sink.broke_off(chain(&e)))?;
                 sink.write(&chunk)?;
             }
             sink.finish(Some(size))
