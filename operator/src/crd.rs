@@ -74,6 +74,12 @@ pub const DEFAULT_RPS_METRIC: &str = "ml_inference_requests_per_second";
         description = "Ready server pods"
     ),
     printcolumn(
+        name = "Active",
+        type_ = "string",
+        json_path = ".status.blueGreen.activeColor",
+        description = "The colour serving traffic (rollout.strategy BlueGreen)"
+    ),
+    printcolumn(
         name = "URL",
         type_ = "string",
         json_path = ".status.url",
@@ -633,9 +639,25 @@ impl Default for ServiceSpec {
     {
         "rule": "!string(self.maxUnavailable).endsWith('%') || int(string(self.maxUnavailable).replace('%', '')) <= 100",
         "message": "rollout.maxUnavailable must not exceed 100%"
+    },
+    {
+        "rule": "!has(self.blueGreen) || self.strategy == 'BlueGreen'",
+        "message": "rollout.blueGreen needs rollout.strategy: BlueGreen"
     }
 ]))]
 pub struct RolloutSpec {
+    /// How a new spec replaces the running pods. `RollingUpdate` (default): one Deployment
+    /// replaces its pods a few at a time. `BlueGreen`: two Deployments (`<name>-blue`,
+    /// `<name>-green`); a new spec rolls out to the idle colour behind the preview Service
+    /// `<name>-preview`, and the Service moves to it only once all its pods are ready and a
+    /// prediction through the preview Service succeeds. Switching either way keeps serving.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+
+    /// Blue/green settings (with `strategy: BlueGreen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenSpec>,
+
     /// Pods created above the desired count during an update: a number or a percentage.
     /// Default 25%.
     #[serde(default = "default_max_surge")]
@@ -653,6 +675,44 @@ pub struct RolloutSpec {
     pub progress_deadline_seconds: i32,
 }
 
+/// `spec.rollout.strategy`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategy {
+    #[default]
+    RollingUpdate,
+    BlueGreen,
+}
+
+/// Blue/green promotion settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenSpec {
+    /// Move the Service to the new colour as soon as it is ready and its smoke request passed.
+    /// `false`: wait for the annotation `serving.inference-server.dev/promote` set to the
+    /// preview's revision (`status.blueGreen.preview.revision`). Default true.
+    #[serde(default = "default_true")]
+    pub auto_promote: bool,
+
+    /// Seconds the previous colour keeps running after a promotion, so that re-applying the
+    /// previous spec moves traffic back at once. Then it is scaled to 0. Default 30.
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: i32,
+}
+
+fn default_scale_down_delay() -> i32 {
+    30
+}
+
+impl Default for BlueGreenSpec {
+    fn default() -> Self {
+        Self {
+            auto_promote: true,
+            scale_down_delay_seconds: default_scale_down_delay(),
+        }
+    }
+}
+
 fn default_max_surge() -> IntOrString {
     IntOrString::String("25%".into())
 }
@@ -668,6 +728,8 @@ fn default_progress_deadline() -> i32 {
 impl Default for RolloutSpec {
     fn default() -> Self {
         Self {
+            strategy: RolloutStrategy::default(),
+            blue_green: None,
             max_surge: default_max_surge(),
             max_unavailable: default_max_unavailable(),
             progress_deadline_seconds: default_progress_deadline(),
@@ -865,10 +927,59 @@ pub struct InferenceServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
+    /// With `rollout.strategy: BlueGreen`: which colour serves, and the one being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStatus>,
+
     /// Ready, Available, Progressing and Degraded, each with a reason and message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Blue/green state as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStatus {
+    /// The colour the Service sends traffic to: `blue` or `green`. Absent while an
+    /// InferenceService switching from RollingUpdate has not promoted its first colour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_color: Option<String>,
+
+    /// The serving colour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ColorStatus>,
+
+    /// The colour behind `<name>-preview` while it has pods: the new spec before promotion, or
+    /// the previous colour during `scaleDownDelaySeconds` after one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<ColorStatus>,
+
+    /// When the Service last moved to another colour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<String>,
+}
+
+/// One colour's Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ColorStatus {
+    /// `blue` or `green`.
+    pub color: String,
+    /// The colour's Deployment, `<name>-<color>`.
+    pub deployment: String,
+    /// Hash of the pod template this colour runs (what the promote annotation names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Image of its server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pods it wants.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods that pass their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
 }
 
 /// Root-level rules; the derive cannot attach them to `metadata`, so [`crd`] adds them.

@@ -13,5 +13,6 @@ pub mod leader;
 pub mod metrics;
 pub mod quantity;
 pub mod rbac;
+pub mod smoke;
 pub mod status;
 pub mod validate;

@@ -46,6 +46,12 @@ pub const RULES: &[Rule] = &[
         why: "children: watched, applied, deleted when no longer wanted",
     },
     Rule {
+        api_group: "apps",
+        resources: &["deployments/scale"],
+        verbs: &["patch"],
+        why: "blue/green: the serving colour follows the replica count without a new template, and the old colour is scaled to 0",
+    },
+    Rule {
         api_group: "",
         resources: &["services"],
         verbs: CHILD_VERBS,

@@ -173,6 +173,46 @@ pub struct Observed<'a> {
     pub pods: PodHealth,
     /// A problem found by the operator; it makes the service Degraded.
     pub problem: Option<Problem>,
+    /// With `rollout.strategy: BlueGreen` (then `deployment` is the serving colour's).
+    pub blue_green: Option<BlueGreenView<'a>>,
+}
+
+/// The blue/green side of [`Observed`].
+#[derive(Clone, Debug, Default)]
+pub struct BlueGreenView<'a> {
+    /// The colour the Service selects, and its Deployment.
+    pub active: Option<(&'a str, &'a Deployment)>,
+    /// The other colour, while it has pods.
+    pub preview: Option<(&'a str, &'a Deployment)>,
+    pub promoted_at: Option<String>,
+    /// The serving pods' selector (the scale subresource's, which the HPA reads metrics by).
+    pub selector: String,
+    /// The new spec is not serving yet: why, for Progressing (and Degraded when it is stuck).
+    pub pending: Option<Pending>,
+}
+
+/// A blue/green rollout in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Progressing's status: true while it may still finish by itself.
+    pub progressing: bool,
+    pub reason: String,
+    pub message: String,
+    /// It will not finish without a change: Degraded with the same reason (Ready stays True:
+    /// the serving colour still serves).
+    pub degraded: bool,
+}
+
+fn color_status(color: &str, d: &Deployment) -> crate::crd::ColorStatus {
+    let st = d.status.clone().unwrap_or_default();
+    crate::crd::ColorStatus {
+        color: color.into(),
+        deployment: d.name_any(),
+        revision: builders::bluegreen::revision_of(d).map(str::to_string),
+        image: builders::deployment::server_image(d),
+        replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        ready_replicas: st.ready_replicas.unwrap_or(0),
+    }
 }
 
 struct Verdict {
@@ -243,6 +283,8 @@ pub fn compute(
     let counts =
         format!("{ready}/{desired} replicas ready, {updated} updated, {available} available");
     let pods = &observed.pods;
+    let bg = observed.blue_green.as_ref();
+    let pending = bg.and_then(|b| b.pending.as_ref());
 
     let degraded = if let Some(p) = &observed.problem {
         verdict(true, &p.reason, p.message.clone())
@@ -276,6 +318,8 @@ pub fn compute(
                 c.message.clone().unwrap_or_default()
             ),
         )
+    } else if let Some(p) = pending.filter(|p| p.degraded) {
+        verdict(true, &p.reason, p.message.clone())
     } else {
         verdict(false, "AsExpected", "")
     };
@@ -295,6 +339,10 @@ pub fn compute(
     };
 
     let progressing = match dep {
+        Some(_) if pending.is_some() => {
+            let p = pending.expect("matched");
+            verdict(p.progressing, &p.reason, p.message.clone())
+        }
         None => match &observed.problem {
             Some(p) => verdict(
                 false,
@@ -398,8 +446,17 @@ pub fn compute(
         // What runs, not what the spec asks for: an apply the API server refused leaves the
         // previous Deployment and Service in place.
         url,
-        selector: Some(builders::selector_string(isvc)),
+        selector: Some(
+            bg.map(|b| b.selector.clone())
+                .unwrap_or_else(|| builders::selector_string(isvc)),
+        ),
         image: dep.and_then(builders::deployment::server_image),
+        blue_green: bg.map(|b| crate::crd::BlueGreenStatus {
+            active_color: b.active.map(|(c, _)| c.to_string()),
+            active: b.active.map(|(c, d)| color_status(c, d)),
+            preview: b.preview.map(|(c, d)| color_status(c, d)),
+            promoted_at: b.promoted_at.clone(),
+        }),
         conditions: vec![
             make(READY, ready_c),
             make(AVAILABLE, available_c),
@@ -521,6 +578,81 @@ mod tests {
         s.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
+    #[test]
+    fn a_stuck_blue_green_preview_degrades_while_the_serving_colour_stays_ready() {
+        let isvc = fixture("minimal.yaml");
+        let svc = crate::builders::service::build(&isvc);
+        let serving = Dep::steady(2).build();
+        let mut preview = Dep::steady(2).build();
+        preview.status.as_mut().unwrap().ready_replicas = Some(0);
+        let selector = "serving.inference-server.dev/inferenceservice=resnet50,serving.inference-server.dev/color=green";
+        let view = |pending: Option<Pending>| BlueGreenView {
+            active: Some(("green", &serving)),
+            preview: Some(("blue", &preview)),
+            promoted_at: Some("2026-11-28T06:00:00Z".into()),
+            selector: selector.into(),
+            pending,
+        };
+        let run = |pending| {
+            compute(
+                &isvc,
+                &Config::default(),
+                &Observed {
+                    deployment: Some(&serving),
+                    service: Some(&svc),
+                    pods: PodHealth::default(),
+                    problem: None,
+                    blue_green: Some(view(pending)),
+                },
+                t(0),
+            )
+        };
+        let stuck = run(Some(Pending {
+            progressing: false,
+            reason: "ProgressDeadlineExceeded".into(),
+            message: "blue did not become ready; traffic stays on green".into(),
+            degraded: true,
+        }));
+        assert_eq!(cond(&stuck, READY).status, "True");
+        assert_eq!(cond(&stuck, READY).reason, "Serving");
+        assert_eq!(
+            (
+                cond(&stuck, PROGRESSING).status.as_str(),
+                cond(&stuck, PROGRESSING).reason.as_str()
+            ),
+            ("False", "ProgressDeadlineExceeded")
+        );
+        assert_eq!(
+            (
+                cond(&stuck, DEGRADED).status.as_str(),
+                cond(&stuck, DEGRADED).reason.as_str()
+            ),
+            ("True", "ProgressDeadlineExceeded")
+        );
+        assert_eq!(stuck.selector.as_deref(), Some(selector));
+        let bg = stuck.blue_green.unwrap();
+        assert_eq!(bg.active_color.as_deref(), Some("green"));
+        assert_eq!(bg.active.unwrap().ready_replicas, 2);
+        assert_eq!(bg.preview.unwrap().ready_replicas, 0);
+        // Rolling out: Progressing, nothing wrong.
+        let rolling = run(Some(Pending {
+            progressing: true,
+            reason: "PreviewRollingOut".into(),
+            message: "blue is rolling out".into(),
+            degraded: false,
+        }));
+        assert_eq!(cond(&rolling, PROGRESSING).reason, "PreviewRollingOut");
+        assert_eq!(cond(&rolling, DEGRADED).status, "False");
+        assert!(
+            cond(&rolling, READY)
+                .message
+                .contains("rollout: PreviewRollingOut")
+        );
+        // Steady: the serving colour's rollout is complete.
+        let steady = run(None);
+        assert_eq!(cond(&steady, PROGRESSING).reason, "RolloutComplete");
+    }
+
     fn run(
         isvc: &InferenceService,
         dep: Option<&Deployment>,
@@ -537,6 +669,7 @@ mod tests {
                 service: Some(&svc),
                 pods,
                 problem,
+                blue_green: None,
             },
             now,
         )
@@ -1134,6 +1267,7 @@ mod tests {
                 service: Some(&svc),
                 pods: PodHealth::default(),
                 problem: Some(Problem::new("ApplyFailed", "rejected")),
+                blue_green: None,
             },
             t(0),
         );

@@ -387,6 +387,22 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
             }
         }
     }
+    if ro.blue_green.is_some() && ro.strategy != crate::crd::RolloutStrategy::BlueGreen {
+        issue(
+            "spec.rollout.blueGreen",
+            "needs rollout.strategy: BlueGreen".into(),
+        );
+    }
+    if ro
+        .blue_green
+        .as_ref()
+        .is_some_and(|b| b.scale_down_delay_seconds < 0)
+    {
+        issue(
+            "spec.rollout.blueGreen.scaleDownDelaySeconds",
+            "must not be negative".into(),
+        );
+    }
 
     let term = termination(isvc);
     if term.pre_stop_delay_seconds < 0 {

@@ -964,7 +964,28 @@ async fn examples_and_their_children_pass_the_api_servers_dry_run() {
             Some(hpa) => Some(("HorizontalPodAutoscaler", dry_run(&env, &hpa).await)),
             None => None,
         };
-        for (what, r) in results.into_iter().chain(hpa) {
+        // Blue/green: a colour's Deployment and the Services that select by colour.
+        let mut colors = Vec::new();
+        if builders::bluegreen::is_blue_green(&isvc) {
+            use builders::bluegreen::{self as bg, Color};
+            colors.push((
+                "blue Deployment",
+                dry_run(&env, &bg::deployment(&isvc, &cfg, Color::Blue, 3)).await,
+            ));
+            colors.push((
+                "Service on green",
+                dry_run(
+                    &env,
+                    &bg::service(&isvc, Some(Color::Green), Some("2026-11-28T06:00:00Z")),
+                )
+                .await,
+            ));
+            colors.push((
+                "preview Service",
+                dry_run(&env, &bg::preview_service(&isvc, Color::Blue)).await,
+            ));
+        }
+        for (what, r) in results.into_iter().chain(hpa).chain(colors) {
             children += 1;
             if let Err(e) = r {
                 failures.push(format!("{file}: its {what}: {e}"));
@@ -977,9 +998,10 @@ async fn examples_and_their_children_pass_the_api_servers_dry_run() {
         failures.len(),
         failures.join("\n")
     );
-    // 7 InferenceServices + the Ingress; each InferenceService has 3 or 4 children.
-    assert!(objects >= 8, "{objects} example objects");
-    assert!(children >= 22, "{children} children");
+    // 8 InferenceServices + the Ingress; each InferenceService has 3 or 4 children, the
+    // blue/green one 3 more.
+    assert!(objects >= 9, "{objects} example objects");
+    assert!(children >= 28, "{children} children");
     env.finish().await;
 }
 

@@ -429,9 +429,9 @@ fn examples_are_admitted() {
         assert_admitted(value, &path);
         checked += 1;
     }
-    // local, hf, cpu, autoscaling, gpu, nlb, spot.
+    // local, hf, s3, cpu, autoscaling, gpu, nlb, spot, bluegreen.
     assert!(
-        checked >= 7,
+        checked >= 9,
         "only {checked} example InferenceServices under {}",
         dir.display()
     );

@@ -4,6 +4,7 @@
 //! `app.kubernetes.io/*` labels and a controller owner reference, and is applied with
 //! server-side apply under one field manager ([`MANAGER`]).
 
+pub mod bluegreen;
 pub mod deployment;
 pub mod hpa;
 pub mod pdb;

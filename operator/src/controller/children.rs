@@ -80,10 +80,20 @@ impl Stores {
         (found.is_some() || synced(K::store(self))).then_some(found)
     }
 
+    /// [`Stores::lookup`] for another name in the InferenceService's namespace.
+    pub fn lookup_named<K: Child>(&self, isvc: &InferenceService, name: &str) -> Option<Option<K>> {
+        let found = self.get_named::<K>(isvc, name);
+        (found.is_some() || synced(K::store(self))).then_some(found)
+    }
+
     /// The stored object of this kind with the InferenceService's child name.
     pub fn get<K: Child>(&self, isvc: &InferenceService) -> Option<K> {
-        let key = ObjectRef::new(&builders::child_name(isvc))
-            .within(&isvc.namespace().unwrap_or_default());
+        self.get_named(isvc, &builders::child_name(isvc))
+    }
+
+    /// The stored object of this kind with this name in the InferenceService's namespace.
+    pub fn get_named<K: Child>(&self, isvc: &InferenceService, name: &str) -> Option<K> {
+        let key = ObjectRef::new(name).within(&isvc.namespace().unwrap_or_default());
         K::store(self).get(&key).map(|o| (*o).clone())
     }
 

@@ -13,6 +13,7 @@
 //!   one Warning event, and no retry until the object changes (or a slow requeue).
 //! - API errors: exponential backoff per object (5s … 5min).
 
+mod bluegreen;
 pub mod children;
 mod events;
 
@@ -41,6 +42,7 @@ use tracing::Instrument;
 
 use self::children::{Child, Stores, delete_unwanted, ensure};
 pub use self::events::status_events;
+use crate::builders::bluegreen as bluegreen_builders;
 use crate::builders::{self, Config, LABEL_MANAGED_BY, LABEL_SELECTOR, MANAGER};
 use crate::crd::{InferenceService, InferenceServiceStatus};
 use crate::http::Health;
@@ -263,16 +265,23 @@ pub fn error_policy(
 /// first list) from the API server, so that a child we do not control is found before an apply
 /// would take it over.
 async fn observe<K: Child>(ctx: &Context, isvc: &InferenceService) -> Result<Option<K>, Error> {
-    if let Some(found) = ctx.stores.lookup::<K>(isvc) {
+    observe_named(ctx, isvc, &builders::child_name(isvc)).await
+}
+
+/// [`observe`] for a child of another name (the blue/green colours and preview Service).
+async fn observe_named<K: Child>(
+    ctx: &Context,
+    isvc: &InferenceService,
+    name: &str,
+) -> Result<Option<K>, Error> {
+    if let Some(found) = ctx.stores.lookup_named::<K>(isvc, name) {
         return Ok(found);
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &isvc.namespace().unwrap_or_default());
-    api.get_opt(&builders::child_name(isvc))
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("the {}", K::kind(&())),
-            source,
-        })
+    api.get_opt(name).await.map_err(|source| Error::Read {
+        what: format!("the {}", K::kind(&())),
+        source,
+    })
 }
 
 fn conflict<K: Resource<DynamicType = ()>>(
@@ -320,9 +329,27 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         .clone()
         .filter(|s| builders::is_controlled_by(&s.metadata, isvc));
 
+    // The blue/green children (the colours and the preview Service), in either strategy: a
+    // switch back to RollingUpdate retires them.
+    let blue_green = bluegreen_builders::is_blue_green(isvc);
+    let colors = bluegreen::observe(ctx, isvc).await?;
+    let controlled = |d: &Option<Deployment>| {
+        d.clone()
+            .filter(|d| builders::is_controlled_by(&d.metadata, isvc))
+    };
+    let colored = controlled_svc
+        .as_ref()
+        .and_then(bluegreen_builders::selected_color);
+    // The Deployment that serves: with blue/green, the colour the Service selects.
+    let serving_dep = match colored {
+        Some(bluegreen_builders::Color::Blue) => controlled(&colors.blue),
+        Some(bluegreen_builders::Color::Green) => controlled(&colors.green),
+        None => None,
+    }
+    .or_else(|| controlled_dep.clone());
+
     // Validate.
-    let conflicts: Vec<String> = [
-        conflict(dep.as_ref(), isvc),
+    let mut conflicts: Vec<String> = [
         conflict(svc.as_ref(), isvc),
         wanted_hpa.as_ref().and(conflict(hpa.as_ref(), isvc)),
         conflict(pdb.as_ref(), isvc),
@@ -330,6 +357,19 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     .into_iter()
     .flatten()
     .collect();
+    if blue_green {
+        conflicts.extend(
+            [
+                conflict(colors.blue.as_ref(), isvc),
+                conflict(colors.green.as_ref(), isvc),
+                conflict(colors.preview.as_ref(), isvc),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+    } else {
+        conflicts.extend(conflict(dep.as_ref(), isvc));
+    }
     let problem = spec_problem(isvc, &ctx.settings.policy).or_else(|| {
         (!conflicts.is_empty()).then(|| Problem::new(CHILD_CONFLICT, conflicts.join("; ")))
     });
@@ -341,13 +381,33 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             Action::await_change()
         };
         let observed = Observed {
-            deployment: controlled_dep.as_ref(),
+            deployment: serving_dep.as_ref(),
             service: controlled_svc.as_ref(),
             pods,
             problem: Some(problem),
+            blue_green: None,
         };
         write_status(isvc, ctx, &observed).await?;
         return Ok(requeue);
+    }
+
+    if blue_green {
+        let inputs = bluegreen::Inputs {
+            stored: bluegreen::Stored {
+                blue: controlled(&colors.blue),
+                green: controlled(&colors.green),
+                preview: colors
+                    .preview
+                    .filter(|s| builders::is_controlled_by(&s.metadata, isvc)),
+            },
+            plain: controlled_dep,
+            service: controlled_svc,
+            hpa,
+            pdb,
+            wanted_hpa,
+            pods,
+        };
+        return bluegreen::reconcile(isvc, ctx, inputs).await;
     }
 
     // Build.
@@ -371,31 +431,18 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         .await
         .map_err(|e| ("Deployment", e))?;
         applied.extend(dep.applied.then_some("Deployment"));
-        let desired_svc = builders::service::build(isvc);
-        let mut svc = svc;
-        if let Some(ports) = svc
-            .as_ref()
-            .and_then(|existing| builders::service::repaired_ports(existing, &desired_svc))
-        {
-            // A hand edit changed our port's key: replace the list first (a JSON merge patch
-            // replaces lists), else the apply below adds a second port of the same name.
-            tracing::info!("restoring the Service port changed by hand");
-            let api: Api<Service> =
-                Api::namespaced(client.clone(), &isvc.namespace().unwrap_or_default());
-            let pp = PatchParams {
-                field_manager: Some(MANAGER.into()),
-                ..Default::default()
-            };
-            match api
-                .patch(&name, &pp, &Patch::Merge(json!({"spec": {"ports": ports}})))
-                .await
-            {
-                Ok(patched) => svc = Some(patched),
-                Err(kube::Error::Api(s)) if s.code == 404 => svc = None,
-                Err(e) => return Err(("Service", e)),
-            }
-        }
-        let svc = ensure(client, svc.as_ref(), &desired_svc)
+        // Switching back from blue/green: the Service keeps selecting the serving colour until
+        // this Deployment has all its pods ready, then selects every pod (the idle colour has
+        // none by then; the serving colour is deleted next).
+        let desired_svc = match colored {
+            Some(c) if !bluegreen_builders::rolled_out(&dep.object) => bluegreen_builders::service(
+                isvc,
+                Some(c),
+                svc.as_ref().and_then(bluegreen_builders::promoted_at),
+            ),
+            _ => builders::service::build(isvc),
+        };
+        let svc = ensure_service(client, isvc, svc, &desired_svc)
             .await
             .map_err(|e| ("Service", e))?;
         applied.extend(svc.applied.then_some("Service"));
@@ -423,10 +470,11 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
                     other => format!("the API server rejected the {what}: {other}"),
                 };
                 let observed = Observed {
-                    deployment: controlled_dep.as_ref(),
+                    deployment: serving_dep.as_ref(),
                     service: controlled_svc.as_ref(),
                     pods,
                     problem: Some(Problem::new(APPLY_FAILED, message)),
+                    blue_green: None,
                 };
                 write_status(isvc, ctx, &observed).await?;
             }
@@ -443,8 +491,29 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         &[]
     };
     let mut deleted = Vec::new();
-    delete_each::<Deployment>(ctx, isvc, &wanted, &mut deleted).await?;
-    delete_each::<Service>(ctx, isvc, &wanted, &mut deleted).await?;
+    // Switching back from blue/green: the colours stay while the Service still selects one;
+    // the idle colour goes to 0 at once, so that the Service's switch to every pod never
+    // reaches a preview that was not promoted.
+    let still_colored = bluegreen_builders::selected_color(&svc);
+    let (mut wanted_deps, mut wanted_svcs) = (wanted.to_vec(), wanted.to_vec());
+    if let Some(active) = still_colored {
+        let idle = match active.other() {
+            bluegreen_builders::Color::Blue => controlled(&colors.blue),
+            bluegreen_builders::Color::Green => controlled(&colors.green),
+        };
+        if idle.is_some_and(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0) {
+            let idle_name = bluegreen_builders::deployment_name(isvc, active.other());
+            bluegreen::scale(ctx, isvc, &idle_name, 0).await?;
+        }
+        wanted_deps.extend(
+            bluegreen_builders::Color::ALL
+                .iter()
+                .map(|c| bluegreen_builders::deployment_name(isvc, *c)),
+        );
+        wanted_svcs.push(bluegreen_builders::preview_name(isvc));
+    }
+    delete_each::<Deployment>(ctx, isvc, &wanted_deps, &mut deleted).await?;
+    delete_each::<Service>(ctx, isvc, &wanted_svcs, &mut deleted).await?;
     delete_each::<HorizontalPodAutoscaler>(ctx, isvc, hpa_names, &mut deleted).await?;
     delete_each::<PodDisruptionBudget>(ctx, isvc, &wanted, &mut deleted).await?;
 
@@ -486,9 +555,71 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         service: Some(&svc),
         pods,
         problem: None,
+        blue_green: None,
     };
     write_status(isvc, ctx, &observed).await?;
     Ok(Action::requeue(STEADY_REQUEUE))
+}
+
+/// Applies the Service, first repairing a port whose key a hand edit changed: server-side apply
+/// would add a second port of the same name next to it (see `service::repaired_ports`).
+async fn ensure_service(
+    client: &Client,
+    isvc: &InferenceService,
+    mut svc: Option<Service>,
+    desired: &Service,
+) -> Result<children::Ensured<Service>, kube::Error> {
+    if let Some(ports) = svc
+        .as_ref()
+        .and_then(|existing| builders::service::repaired_ports(existing, desired))
+    {
+        // A JSON merge patch replaces lists.
+        tracing::info!("restoring the Service port changed by hand");
+        let api: Api<Service> =
+            Api::namespaced(client.clone(), &isvc.namespace().unwrap_or_default());
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .patch(
+                &desired.name_any(),
+                &pp,
+                &Patch::Merge(json!({"spec": {"ports": ports}})),
+            )
+            .await
+        {
+            Ok(patched) => svc = Some(patched),
+            Err(kube::Error::Api(s)) if s.code == 404 => svc = None,
+            Err(e) => return Err(e),
+        }
+    }
+    // A selector losing a key (blue/green's colour, when switching back to RollingUpdate) is
+    // "contained" in the stored one: compare selectors exactly, and apply when they differ.
+    let selector = |s: &Service| s.spec.as_ref().and_then(|s| s.selector.clone());
+    let stored = svc.filter(|have| selector(have) == selector(desired));
+    ensure(client, stored.as_ref(), desired).await
+}
+
+/// [`ensure_service`] for the blue/green path: the stored object back, `Service` noted in
+/// `applied` when a request was made.
+async fn apply_service(
+    ctx: &Context,
+    isvc: &InferenceService,
+    svc: Option<Service>,
+    desired: &Service,
+    applied: &mut Vec<String>,
+) -> Result<Service, Error> {
+    let done = ensure_service(&ctx.client, isvc, svc, desired)
+        .await
+        .map_err(|source| Error::Apply {
+            what: "Service".into(),
+            source,
+        })?;
+    if done.applied {
+        applied.push(format!("Service/{}", desired.name_any()));
+    }
+    Ok(done.object)
 }
 
 /// Deletes the children of kind `K` that are not `wanted`, adding `Kind/name` to `deleted`.
