@@ -800,3 +800,42 @@ fn the_dashboard_configmap_carries_the_file() {
         .is_none()
     );
 }
+
+/// The prometheus-adapter rule ships as a ConfigMap for `rules.existing`, in the namespace asked
+/// for, holding `files/adapter-rules.yaml` unchanged; its metric is the one the operator's HPA
+/// names by default, made from the counter the server exports. (tests/real_node.rs serves it
+/// through a real custom metrics API and has the HPA scale on it.)
+#[test]
+fn the_adapter_rules_configmap_carries_the_file() {
+    let text = std::fs::read_to_string(chart().join("files/adapter-rules.yaml")).unwrap();
+    let docs = render(&[
+        "monitoring.adapterRules.enabled=true",
+        "monitoring.adapterRules.namespace=monitoring",
+    ]);
+    let cm = find(&docs, "ConfigMap", "rel-inference-operator-adapter-rules").expect("ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["data"]["config.yaml"], text);
+    let config: Value = serde_saphyr::from_str(&text).unwrap();
+    let rule = &config["rules"][0];
+    assert_eq!(
+        rule["name"]["as"],
+        inference_operator::crd::DEFAULT_RPS_METRIC
+    );
+    assert!(
+        rule["seriesQuery"]
+            .as_str()
+            .unwrap()
+            .starts_with("ml_inference_requests_total{"),
+        "{rule}"
+    );
+    let server_metrics = std::fs::read_to_string(repo_file("inference/src/metrics.rs")).unwrap();
+    assert!(server_metrics.contains("\"ml_inference_requests_total\""));
+    assert!(
+        find(
+            &render(&[]),
+            "ConfigMap",
+            "rel-inference-operator-adapter-rules"
+        )
+        .is_none()
+    );
+}
