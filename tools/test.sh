@@ -33,6 +33,10 @@ phase "container images (hack/images.sh)" env -u IMAGE_REPO hack/images.sh
 # The real node's add-ons (CoreDNS, metrics-server: Go modules, cached) and a client image;
 # operator/tests/real_node.rs and test-cluster/tests/real_node_teardown.rs run the real node.
 phase "real-node add-on images (hack/build-node-addons.sh)" hack/build-node-addons.sh
+# The custom-metrics pipeline (hack/metrics-adapter and Prometheus: Go builds, cached by
+# version) that operator/tests/real_node.rs scales on by request rate.
+phase "metrics adapter and Prometheus images (hack/build-metrics-adapter.sh)" hack/build-metrics-adapter.sh
+phase "metrics adapter unit tests (go test)" bash -c 'cd hack/metrics-adapter && go test ./...'
 phase "cargo test (workspace, release)" cargo test --release --workspace --no-fail-fast
 # The CPU network picks the widest kernels the CPU has; run the narrower ones here too, so every
 # kernel set is tested on this machine (the GEMM unit test already covers each one alone).

@@ -4,7 +4,9 @@
 //! `examples/resnet50-demo.yaml` (the demo image: random weights baked in) becomes Ready on the
 //! kubelet's probes and answers predictions through its Service's ClusterIP (kube-proxy's DNAT)
 //! and, from a client pod, through its DNS name (CoreDNS); metrics-server reports its pods' CPU,
-//! and the HPA scales the InferenceService out under load and back in after it.
+//! and the HPA scales the InferenceService out under load and back in after it, on CPU and then on
+//! the request rate (Prometheus and the custom-metrics adapter of hack/metrics-pipeline.yaml, with
+//! the prometheus-adapter rule the chart ships).
 //!
 //! Needs root, containerd (make deps) and the images (`make images`: the inference, operator and
 //! demo images in buildah's storage; tools/test.sh builds them first). Without them the test
@@ -26,9 +28,31 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 fn images() -> Vec<String> {
-    ["inference-server", "inference-operator", "resnet50-demo"]
+    let mut images = ["inference-server", "inference-operator", "resnet50-demo"]
         .map(image)
-        .to_vec()
+        .to_vec();
+    images.extend(pipeline_images());
+    images
+}
+
+/// The custom-metrics pipeline's images, adapter then Prometheus (hack/build-metrics-adapter.sh:
+/// Go builds cached by version, so a warm call only prints the tags).
+fn pipeline_images() -> Vec<String> {
+    let script = repo_file("hack/build-metrics-adapter.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("hack/build-metrics-adapter.sh");
+    assert!(
+        out.status.success(),
+        "hack/build-metrics-adapter.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    tags
 }
 
 /// POST /predict with a JPEG body: (status, JSON body).
@@ -302,7 +326,9 @@ async fn the_charts_operator_runs_an_inference_service_that_predicts_through_kub
         "metrics.k8s.io has both pods after {:.1}s",
         t0.elapsed().as_secs_f32()
     );
-    hpa_scales_out_under_load_and_back(&isvcs, &format!("http://{ip}:{port}/predict"), t0).await;
+    let url = format!("http://{ip}:{port}/predict");
+    hpa_scales_out_under_load_and_back(&isvcs, &url, t0).await;
+    hpa_scales_on_the_request_rate(cluster, &client, &isvcs, ns, &url, t0).await;
     ok(&helm(
         &[
             "uninstall",
@@ -382,4 +408,183 @@ async fn hpa_scales_out_under_load_and_back(isvcs: &Api<InferenceService>, url: 
         load_end.elapsed().as_secs_f32()
     );
     assert!(ok > 0);
+}
+
+/// Request-rate autoscaling for real (the seed's ALBRequestCountPerTarget): Prometheus scrapes
+/// the servers' `ml_inference_requests_total`; the custom-metrics adapter (hack/metrics-adapter,
+/// on the library prometheus-adapter is built on) serves `ml_inference_requests_per_second` per
+/// pod with the rule the chart ships (`monitoring.adapterRules`, turned on here by a `helm
+/// upgrade`); the HPA of `targetRequestsPerSecond` reads it through the aggregated
+/// custom.metrics.k8s.io API and scales the InferenceService out under load and back after it.
+async fn hpa_scales_on_the_request_rate(
+    cluster: &test_cluster::Cluster,
+    client: &kube::Client,
+    isvcs: &Api<InferenceService>,
+    ns: &str,
+    url: &str,
+    t0: Instant,
+) {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+
+    let images = pipeline_images();
+    let yaml = std::fs::read_to_string(repo_file("hack/metrics-pipeline.yaml"))
+        .unwrap()
+        .replace("__ADAPTER_IMAGE__", &images[0])
+        .replace("__PROMETHEUS_IMAGE__", &images[1]);
+    test_cluster::apply_yaml(client, &yaml, None)
+        .await
+        .unwrap_or_else(|e| panic!("applying hack/metrics-pipeline.yaml: {e:#}"));
+    let chart: PathBuf = repo_file("charts/inference-operator");
+    ok(&helm(
+        &[
+            "upgrade",
+            "inference-operator",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "inference-system",
+            "--reuse-values",
+            "--set",
+            "monitoring.adapterRules.enabled=true",
+            "--set",
+            "monitoring.adapterRules.namespace=monitoring",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        Some(&cluster.kubeconfig()),
+    ));
+    let t = Instant::now();
+    let apiservices: Api<APIService> = Api::all(client.clone());
+    test_cluster::wait_for(
+        "custom.metrics.k8s.io (the adapter) to be Available",
+        Duration::from_secs(240),
+        || async {
+            let s = apiservices
+                .get("v1beta2.custom.metrics.k8s.io")
+                .await
+                .ok()?
+                .status?;
+            s.conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "request rate: Prometheus and the adapter up, custom.metrics.k8s.io Available {:.1}s after the apply",
+        t.elapsed().as_secs_f32()
+    );
+
+    // The request rate alone: 2 requests/s per pod, short windows.
+    let patch = json!({
+        "spec": {"autoscaling": {
+            "minReplicas": 1, "maxReplicas": 3,
+            "targetCPUUtilizationPercentage": null, "targetRequestsPerSecond": 2,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10,
+                                        "policies": [{"type": "Pods", "value": 2, "periodSeconds": 10}]}},
+        }}
+    });
+    isvcs
+        .patch("resnet50", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let rate = || async {
+        let hpa = hpas.get("resnet50").await.ok()?;
+        let metric = hpa
+            .spec?
+            .metrics?
+            .into_iter()
+            .find(|m| m.type_ == "Pods")?
+            .pods?
+            .metric
+            .name;
+        let current = hpa
+            .status?
+            .current_metrics?
+            .into_iter()
+            .find(|m| m.type_ == "Pods")?
+            .pods?;
+        assert_eq!(current.metric.name, metric);
+        let v = current.current.average_value?.0;
+        Some(k8s_openapi_quantity_to_f64(&v))
+    };
+    let idle = test_cluster::wait_for(
+        "the HPA to read ml_inference_requests_per_second",
+        Duration::from_secs(240),
+        || async { rate().await },
+    )
+    .await;
+    eprintln!(
+        "request rate: the HPA reads ml_inference_requests_per_second = {idle:.2}/s per pod at idle, {:.1}s after the apply",
+        t.elapsed().as_secs_f32()
+    );
+    assert!(idle < 2.0, "idle rate {idle}");
+
+    let load_start = Instant::now();
+    let load = Load::start(url, 2);
+    let seen = test_cluster::wait_for(
+        "the HPA to see the load's request rate",
+        Duration::from_secs(240),
+        || async { rate().await.filter(|r| *r > 2.0) },
+    )
+    .await;
+    let seen_after = load_start.elapsed();
+    let scaled = test_cluster::wait_for(
+        "the HPA to scale out on the request rate",
+        Duration::from_secs(240),
+        || async {
+            let i = isvcs.get("resnet50").await.ok()?;
+            (i.spec.replicas > 1 && ready_replicas(&i) > 1).then_some(i.spec.replicas)
+        },
+    )
+    .await;
+    let out_after = load_start.elapsed();
+    let report = load.stop();
+    let load_end = Instant::now();
+    test_cluster::wait_for(
+        "the HPA to scale back in on the request rate",
+        Duration::from_secs(300),
+        || async {
+            let i = isvcs.get("resnet50").await.ok()?;
+            (i.spec.replicas == 1).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "request rate: load from {:.1}s; the HPA read {seen:.2}/s per pod {:.1}s into it; {scaled} replicas Ready \
+         {:.1}s into it ({} requests answered 200, {} failed); back to 1 replica {:.1}s after it stopped",
+        (load_start - t0).as_secs_f32(),
+        seen_after.as_secs_f32(),
+        out_after.as_secs_f32(),
+        report.ok,
+        report.failures.len(),
+        load_end.elapsed().as_secs_f32()
+    );
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert!(report.ok > 0);
+}
+
+/// A quantity as the HPA writes it (`1500m`, `2`, `2500u`…) as a number.
+fn k8s_openapi_quantity_to_f64(q: &str) -> f64 {
+    let (digits, scale) = match q.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let scale = match &q[i..] {
+                "n" => 1e-9,
+                "u" => 1e-6,
+                "m" => 1e-3,
+                "k" => 1e3,
+                "M" => 1e6,
+                other => panic!("unexpected quantity suffix {other} in {q}"),
+            };
+            (&q[..i], scale)
+        }
+        None => (q, 1.0),
+    };
+    digits
+        .parse::<f64>()
+        .unwrap_or_else(|e| panic!("quantity {q}: {e}"))
+        * scale
 }
