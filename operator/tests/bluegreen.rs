@@ -1,7 +1,8 @@
 //! Blue/green (`rollout.strategy: BlueGreen`) end to end on the real node, under steady load
 //! through the Service's ClusterIP (kube-proxy): a promotion switches the answers' model version
 //! once and loses no request; a broken new version is never promoted, traffic stays, the status
-//! says why, and re-applying the previous spec rolls it back; with `autoPromote: false` the
+//! says why, and re-applying the previous spec rolls it back; so is a version that is ready but
+//! fails the smoke prediction; with `autoPromote: false` the
 //! documented annotation promotes; switching to RollingUpdate and back keeps serving.
 //!
 //! The operator runs as a ServiceAccount bound to the shipped ClusterRole, so the RBAC rules
@@ -295,6 +296,56 @@ async fn blue_green_promotes_refuses_a_broken_version_and_switches_strategy_unde
         rolled_back.as_secs_f32()
     );
     check_load("broken version and rollback", &report, &["2"]);
+
+    // A version that is ready but cannot answer a prediction (a careless setting: a body limit
+    // below the photo's size): readiness passes, the smoke request gets 413, nothing is
+    // promoted, and the status and a Warning event say why.
+    let load = Load::start(&url, 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let mut careless = spec(&demo(), "5", None, false, true);
+    careless["server"] = json!({"maxBodyBytes": 4096});
+    env.apply_isvc(NAME, careless).await;
+    let isvc = env
+        .wait_isvc(NAME, "Degraded=SmokeTestFailed", START, |i| {
+            observed_current(i)
+                && cond_of(i, "Degraded") == ("True".into(), "SmokeTestFailed".into())
+        })
+        .await;
+    let smoke_failed_after = t.elapsed();
+    let message = &cond(&isvc, "Degraded").unwrap().message;
+    assert!(
+        message.contains("blue is ready but its smoke request through resnet50-preview failed")
+            && message.contains("HTTP 413")
+            && message.contains("traffic stays on green"),
+        "{message}"
+    );
+    assert_eq!(
+        bg(&isvc)["preview"]["readyReplicas"],
+        2,
+        "ready, yet not promoted"
+    );
+    assert_eq!(cond_of(&isvc, "Ready").0, "True");
+    assert_eq!(active(&isvc).as_deref(), Some("green"));
+    let list = events.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        list.iter()
+            .any(|e| e.reason.as_deref() == Some("SmokeTestFailed")
+                && e.type_.as_deref() == Some("Warning")),
+        "a SmokeTestFailed Warning event"
+    );
+    env.apply_isvc(NAME, spec(&next(), "2", None, false, true))
+        .await;
+    env.wait_isvc(NAME, "rolled back: not Degraded, no preview", START, |i| {
+        observed_current(i) && cond_of(i, "Degraded").0 == "False" && bg(i)["preview"].is_null()
+    })
+    .await;
+    let report = load.stop();
+    eprintln!(
+        "ready but failing its smoke request: SmokeTestFailed {:.1}s after the apply, never promoted",
+        smoke_failed_after.as_secs_f32()
+    );
+    check_load("smoke request failing, and rollback", &report, &["2"]);
 
     // autoPromote false: the preview waits; the annotation the status names promotes it.
     let load = Load::start(&url, 2);
