@@ -270,8 +270,7 @@ pub fn compute(
             .find(|c| c.type_ == t)
             .cloned()
     };
-    let stuck = dep_cond("Progressing")
-        .filter(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    let stuck = dep.and_then(builders::deployment::deadline_exceeded);
     // The ReplicaSet cannot create pods (missing ServiceAccount or PriorityClass, quota, Pod
     // Security admission, ...): nothing will change until someone acts.
     let replica_failure = dep_cond("ReplicaFailure").filter(|c| c.status == "True");
@@ -309,14 +308,11 @@ pub fn compute(
                 c.message.clone().unwrap_or_default()
             ),
         )
-    } else if let Some(c) = &stuck {
+    } else if let Some(why) = &stuck {
         verdict(
             true,
             "ProgressDeadlineExceeded",
-            format!(
-                "the rollout made no progress in time: {}",
-                c.message.clone().unwrap_or_default()
-            ),
+            format!("the rollout made no progress in time: {why}"),
         )
     } else if let Some(p) = pending.filter(|p| p.degraded) {
         verdict(true, &p.reason, p.message.clone())

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::deployment::spec_replicas;
 use super::{Config, child_name, deployment, service};
 use crate::crd::{BlueGreenSpec, InferenceService, RolloutStrategy, ServiceType};
 
@@ -195,10 +196,6 @@ pub fn promoted_at(svc: &Service) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn spec_replicas(d: &Deployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-}
-
 /// Every pod of the Deployment's current template is ready and available, and the Deployment
 /// controller has seen its latest spec.
 pub fn rolled_out(d: &Deployment) -> bool {
@@ -210,21 +207,6 @@ pub fn rolled_out(d: &Deployment) -> bool {
         && s.ready_replicas == Some(want)
         && s.available_replicas == Some(want)
         && s.replicas == Some(want)
-}
-
-/// The Deployment controller's verdict that the rollout is stuck, with its message.
-pub fn stuck(d: &Deployment) -> Option<String> {
-    d.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| {
-            c.type_ == "Progressing"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        })
-        .map(|c| c.message.clone().unwrap_or_default())
 }
 
 /// The children as stored (only those this InferenceService controls).
@@ -289,7 +271,7 @@ fn delay_left(live: &Live<'_>, delay: Duration, now: Timestamp) -> Option<Durati
 fn phase_of(live: &Live<'_>, color: Color, revision: &str) -> Phase {
     match live.of(color) {
         Some(d) if revision_of(d) == Some(revision) && rolled_out(d) => Phase::Ready(color),
-        Some(d) if revision_of(d) == Some(revision) => match stuck(d) {
+        Some(d) if revision_of(d) == Some(revision) => match deployment::deadline_exceeded(d) {
             Some(message) => Phase::Stuck(color, message),
             None => Phase::RollingOut(color),
         },
@@ -382,14 +364,14 @@ pub fn plan(
     }
 }
 
-/// The Deployments a blue/green InferenceService keeps: both colours, and the RollingUpdate one
-/// while the plan keeps it.
-pub fn wanted_deployments(isvc: &InferenceService, plan: &Plan) -> Vec<String> {
+/// The Deployments of both colours, and the RollingUpdate one with `keep_plain` (switching
+/// strategy, either way).
+pub fn wanted_deployments(isvc: &InferenceService, keep_plain: bool) -> Vec<String> {
     let mut names: Vec<String> = Color::ALL
         .iter()
         .map(|c| deployment_name(isvc, *c))
         .collect();
-    if plan.keep_plain {
+    if keep_plain {
         names.push(child_name(isvc));
     }
     names
@@ -447,10 +429,6 @@ spec:
             ..Default::default()
         });
         d
-    }
-
-    fn svc(isvc: &InferenceService, color: Option<Color>, at: Option<&str>) -> Service {
-        service(isvc, color, at)
     }
 
     fn now() -> Timestamp {
@@ -530,10 +508,10 @@ spec:
         let v1 = from_yaml(BG);
         let v2 = from_yaml(&BG.replace("img:1", "img:2"));
         let blue = stored(&v1, Color::Blue, 2, true);
-        let service = svc(&v1, Some(Color::Blue), None);
+        let main_svc = service(&v1, Some(Color::Blue), None);
         let live = Live {
             blue: Some(&blue),
-            service: Some(&service),
+            service: Some(&main_svc),
             ..Default::default()
         };
         let p = plan(&live, &rev(&v2), 2, DELAY, now());
@@ -587,10 +565,10 @@ spec:
         let v1 = from_yaml(BG);
         let v2 = from_yaml(&BG.replace("img:1", "img:2"));
         let blue = stored(&v1, Color::Blue, 2, true);
-        let service = svc(&v1, Some(Color::Blue), None);
+        let main_svc = service(&v1, Some(Color::Blue), None);
         let live = Live {
             blue: Some(&blue),
-            service: Some(&service),
+            service: Some(&main_svc),
             ..Default::default()
         };
         let p = plan(&live, &rev(&v2), 4, DELAY, now());
@@ -604,7 +582,7 @@ spec:
         let v2 = from_yaml(&BG.replace("img:1", "img:2"));
         let blue = stored(&v1, Color::Blue, 2, true);
         let green = stored(&v2, Color::Green, 2, true);
-        let promoted = svc(&v2, Some(Color::Green), Some("2026-11-28T05:59:50Z"));
+        let promoted = service(&v2, Some(Color::Green), Some("2026-11-28T05:59:50Z"));
         let live = Live {
             blue: Some(&blue),
             green: Some(&green),
@@ -632,11 +610,11 @@ spec:
         let v2 = from_yaml(&BG.replace("img:1", "img:2"));
         let blue = stored(&v1, Color::Blue, 2, true);
         let green = stored(&v2, Color::Green, 2, false);
-        let service = svc(&v1, Some(Color::Blue), Some("2026-11-28T05:00:00Z"));
+        let main_svc = service(&v1, Some(Color::Blue), Some("2026-11-28T05:00:00Z"));
         let live = Live {
             blue: Some(&blue),
             green: Some(&green),
-            service: Some(&service),
+            service: Some(&main_svc),
             ..Default::default()
         };
         let p = plan(&live, &rev(&v1), 2, DELAY, now());
@@ -674,7 +652,7 @@ spec:
             Phase::Ready(Color::Blue)
         );
         // Promoted 10 s ago: the plain Deployment stays for the delay, then goes.
-        let promoted = svc(&isvc, Some(Color::Blue), Some("2026-11-28T05:59:50Z"));
+        let promoted = service(&isvc, Some(Color::Blue), Some("2026-11-28T05:59:50Z"));
         let live = Live {
             service: Some(&promoted),
             ..live
@@ -682,11 +660,11 @@ spec:
         let p = plan(&live, &rev(&isvc), 2, DELAY, now());
         assert!(p.keep_plain);
         assert_eq!(p.requeue, Some(Duration::from_secs(20)));
-        assert!(wanted_deployments(&isvc, &p).contains(&"resnet50".to_string()));
+        assert!(wanted_deployments(&isvc, p.keep_plain).contains(&"resnet50".to_string()));
         let later: Timestamp = "2026-11-28T06:01:00Z".parse().unwrap();
         let p = plan(&live, &rev(&isvc), 2, DELAY, later);
         assert!(!p.keep_plain);
-        assert!(!wanted_deployments(&isvc, &p).contains(&"resnet50".to_string()));
+        assert!(!wanted_deployments(&isvc, p.keep_plain).contains(&"resnet50".to_string()));
     }
 
     #[test]
@@ -694,10 +672,10 @@ spec:
         let v1 = from_yaml(BG);
         let v2 = from_yaml(&BG.replace("img:1", "img:2"));
         let blue = stored(&v1, Color::Blue, 0, false);
-        let service = svc(&v1, Some(Color::Blue), None);
+        let main_svc = service(&v1, Some(Color::Blue), None);
         let live = Live {
             blue: Some(&blue),
-            service: Some(&service),
+            service: Some(&main_svc),
             ..Default::default()
         };
         let p = plan(&live, &rev(&v2), 0, DELAY, now());

@@ -120,6 +120,27 @@ pub fn server_image(d: &Deployment) -> Option<String> {
         .clone()
 }
 
+/// The replica count a stored Deployment asks for (Kubernetes' default 1 when unset).
+pub fn spec_replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// The Deployment controller's verdict that the rollout is stuck (Progressing False,
+/// ProgressDeadlineExceeded), with its message.
+pub fn deadline_exceeded(d: &Deployment) -> Option<String> {
+    d.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        })
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
 fn pod_template(isvc: &InferenceService, cfg: &Config) -> PodTemplateSpec {
     // User labels first, ours on top: the selector labels must not be overridden.
     let mut pod_labels = isvc.spec.pod_labels.clone();

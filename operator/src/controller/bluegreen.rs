@@ -17,7 +17,8 @@ use serde_json::json;
 
 use super::children::ensure;
 use super::{
-    Context, Error, STEADY_REQUEUE, apply_service, delete_each, observe_named, write_status,
+    Context, Error, STEADY_REQUEUE, apply_service, changes_note, delete_unwanted_children,
+    observe_named, write_status,
 };
 use crate::builders::bluegreen::{self, Color, Live, Phase, Plan};
 use crate::builders::{self, MANAGER};
@@ -39,6 +40,25 @@ pub(super) struct Stored {
     pub blue: Option<Deployment>,
     pub green: Option<Deployment>,
     pub preview: Option<Service>,
+}
+
+impl Stored {
+    /// Only the children this InferenceService controls (the others are conflicts).
+    pub fn controlled_by(&self, isvc: &InferenceService) -> Stored {
+        let ours = |m: &kube::api::ObjectMeta| builders::is_controlled_by(m, isvc);
+        Stored {
+            blue: self.blue.clone().filter(|d| ours(&d.metadata)),
+            green: self.green.clone().filter(|d| ours(&d.metadata)),
+            preview: self.preview.clone().filter(|s| ours(&s.metadata)),
+        }
+    }
+
+    pub fn of(&self, color: Color) -> Option<&Deployment> {
+        match color {
+            Color::Blue => self.blue.as_ref(),
+            Color::Green => self.green.as_ref(),
+        }
+    }
 }
 
 pub(super) async fn observe(ctx: &Context, isvc: &InferenceService) -> Result<Stored, Error> {
@@ -165,13 +185,17 @@ pub(super) async fn reconcile(
     tracing::debug!(?plan, %revision, "blue/green plan");
 
     // Apply: the colours, then the Services, the HPA and the PDB.
-    let mut blue = stored.blue.clone();
-    let mut green = stored.green.clone();
+    // The colours as they are after this reconcile's applies.
+    let mut after = Stored {
+        blue: stored.blue.clone(),
+        green: stored.green.clone(),
+        preview: None,
+    };
     let mut applied: Vec<String> = Vec::new();
     for color in &plan.apply {
         let slot = match color {
-            Color::Blue => &mut blue,
-            Color::Green => &mut green,
+            Color::Blue => &mut after.blue,
+            Color::Green => &mut after.green,
         };
         let desired = bluegreen::deployment(isvc, &cfg, *color, replicas);
         let done = ensure(client, slot.as_ref(), &desired)
@@ -229,10 +253,6 @@ pub(super) async fn reconcile(
     let mut serving = plan.serving;
     let mut pending = None;
     let mut requeue = plan.requeue;
-    let colour_dep = |c: Color| match c {
-        Color::Blue => blue.as_ref(),
-        Color::Green => green.as_ref(),
-    };
     let serving_label = |c: Option<Color>| c.map_or("the previous Deployment", Color::as_str);
     match &plan.phase {
         Phase::Steady => {}
@@ -243,7 +263,7 @@ pub(super) async fn reconcile(
                 message: format!(
                     "{} is rolling out the new spec ({}); traffic stays on {}",
                     c.as_str(),
-                    colour_dep(*c).map(describe).unwrap_or_default(),
+                    after.of(*c).map(describe).unwrap_or_default(),
                     serving_label(serving)
                 ),
                 degraded: false,
@@ -289,7 +309,7 @@ pub(super) async fn reconcile(
                 let note = format!(
                     "promoted {} ({}): the smoke request answered {} (model version {}); traffic moved from {}",
                     c.as_str(),
-                    colour_dep(*c).map(describe).unwrap_or_default(),
+                    after.of(*c).map(describe).unwrap_or_default(),
                     passed.top,
                     passed.model_version,
                     serving_label(serving)
@@ -324,42 +344,21 @@ pub(super) async fn reconcile(
     }
 
     // Delete what is no longer wanted.
-    let mut deleted = Vec::new();
-    let keep_plain = plan.keep_plain || serving.is_none();
-    let wanted_deps = bluegreen::wanted_deployments(
-        isvc,
-        &Plan {
-            keep_plain,
-            ..plan.clone()
-        },
-    );
-    delete_each::<Deployment>(ctx, isvc, &wanted_deps, &mut deleted).await?;
+    let wanted_deps = bluegreen::wanted_deployments(isvc, plan.keep_plain);
     let wanted_svcs = [name.clone(), bluegreen::preview_name(isvc)];
-    delete_each::<Service>(ctx, isvc, &wanted_svcs, &mut deleted).await?;
-    let hpa_names = if wanted_hpa.is_some() {
-        vec![name.clone()]
-    } else {
-        vec![]
-    };
-    delete_each::<HorizontalPodAutoscaler>(ctx, isvc, &hpa_names, &mut deleted).await?;
-    delete_each::<PodDisruptionBudget>(ctx, isvc, std::slice::from_ref(&name), &mut deleted)
-        .await?;
-    if !applied.is_empty() || !deleted.is_empty() {
-        let mut note = Vec::new();
-        if !applied.is_empty() {
-            note.push(format!("applied {}", applied.join(", ")));
-        }
-        if !deleted.is_empty() {
-            note.push(format!("deleted {}", deleted.join(", ")));
-        }
-        tracing::info!(changes = %note.join("; "), "updated the children");
+    let deleted =
+        delete_unwanted_children(ctx, isvc, &wanted_deps, &wanted_svcs, wanted_hpa.is_some())
+            .await?;
+    if let Some(note) = changes_note(&applied, &deleted) {
+        tracing::info!(changes = %note, "updated the children");
     }
 
     // Status: the serving colour's Deployment is the one Ready and Available describe.
     let idle = serving.map_or(plan.idle, Color::other);
-    let active = serving.and_then(|c| colour_dep(c).map(|d| (c.as_str(), d)));
-    let preview_dep = colour_dep(idle)
-        .filter(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
+    let active = serving.and_then(|c| after.of(c).map(|d| (c.as_str(), d)));
+    let preview_dep = after
+        .of(idle)
+        .filter(|d| builders::deployment::spec_replicas(d) > 0)
         .map(|d| (idle.as_str(), d));
     let selector = match serving {
         Some(c) => format!(

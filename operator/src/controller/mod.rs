@@ -333,20 +333,14 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     // switch back to RollingUpdate retires them.
     let blue_green = bluegreen_builders::is_blue_green(isvc);
     let colors = bluegreen::observe(ctx, isvc).await?;
-    let controlled = |d: &Option<Deployment>| {
-        d.clone()
-            .filter(|d| builders::is_controlled_by(&d.metadata, isvc))
-    };
+    let our_colors = colors.controlled_by(isvc);
     let colored = controlled_svc
         .as_ref()
         .and_then(bluegreen_builders::selected_color);
     // The Deployment that serves: with blue/green, the colour the Service selects.
-    let serving_dep = match colored {
-        Some(bluegreen_builders::Color::Blue) => controlled(&colors.blue),
-        Some(bluegreen_builders::Color::Green) => controlled(&colors.green),
-        None => None,
-    }
-    .or_else(|| controlled_dep.clone());
+    let serving_dep = colored
+        .and_then(|c| our_colors.of(c).cloned())
+        .or_else(|| controlled_dep.clone());
 
     // Validate.
     let mut conflicts: Vec<String> = [
@@ -393,13 +387,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
 
     if blue_green {
         let inputs = bluegreen::Inputs {
-            stored: bluegreen::Stored {
-                blue: controlled(&colors.blue),
-                green: controlled(&colors.green),
-                preview: colors
-                    .preview
-                    .filter(|s| builders::is_controlled_by(&s.metadata, isvc)),
-            },
+            stored: our_colors,
             plain: controlled_dep,
             service: controlled_svc,
             hpa,
@@ -484,38 +472,23 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             });
         }
     };
-    let wanted = [name.clone()];
-    let hpa_names = if wanted_hpa.is_some() {
-        &wanted[..]
-    } else {
-        &[]
-    };
-    let mut deleted = Vec::new();
     // Switching back from blue/green: the colours stay while the Service still selects one;
     // the idle colour goes to 0 at once, so that the Service's switch to every pod never
     // reaches a preview that was not promoted.
     let still_colored = bluegreen_builders::selected_color(&svc);
-    let (mut wanted_deps, mut wanted_svcs) = (wanted.to_vec(), wanted.to_vec());
+    let (mut wanted_deps, mut wanted_svcs) = (vec![name.clone()], vec![name.clone()]);
     if let Some(active) = still_colored {
-        let idle = match active.other() {
-            bluegreen_builders::Color::Blue => controlled(&colors.blue),
-            bluegreen_builders::Color::Green => controlled(&colors.green),
-        };
-        if idle.is_some_and(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0) {
+        let idle = our_colors.of(active.other());
+        if idle.is_some_and(|d| builders::deployment::spec_replicas(d) > 0) {
             let idle_name = bluegreen_builders::deployment_name(isvc, active.other());
             bluegreen::scale(ctx, isvc, &idle_name, 0).await?;
         }
-        wanted_deps.extend(
-            bluegreen_builders::Color::ALL
-                .iter()
-                .map(|c| bluegreen_builders::deployment_name(isvc, *c)),
-        );
+        wanted_deps = bluegreen_builders::wanted_deployments(isvc, true);
         wanted_svcs.push(bluegreen_builders::preview_name(isvc));
     }
-    delete_each::<Deployment>(ctx, isvc, &wanted_deps, &mut deleted).await?;
-    delete_each::<Service>(ctx, isvc, &wanted_svcs, &mut deleted).await?;
-    delete_each::<HorizontalPodAutoscaler>(ctx, isvc, hpa_names, &mut deleted).await?;
-    delete_each::<PodDisruptionBudget>(ctx, isvc, &wanted, &mut deleted).await?;
+    let deleted =
+        delete_unwanted_children(ctx, isvc, &wanted_deps, &wanted_svcs, wanted_hpa.is_some())
+            .await?;
 
     if created {
         let mut kinds = vec!["Deployment", "Service", "PodDisruptionBudget"];
@@ -530,23 +503,10 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             format!("created {} {name}", kinds.join(", ")),
         )
         .await;
-    } else if !applied.is_empty() || !deleted.is_empty() {
-        let mut note = Vec::new();
-        if !applied.is_empty() {
-            note.push(format!("applied {}", applied.join(", ")));
-        }
-        if !deleted.is_empty() {
-            note.push(format!("deleted {}", deleted.join(", ")));
-        }
-        tracing::info!(changes = %note.join("; "), "updated the children");
-        ctx.event(
-            &reference,
-            EventType::Normal,
-            "Updated",
-            "Update",
-            note.join("; "),
-        )
-        .await;
+    } else if let Some(note) = changes_note(&applied, &deleted) {
+        tracing::info!(changes = %note, "updated the children");
+        ctx.event(&reference, EventType::Normal, "Updated", "Update", note)
+            .await;
     }
 
     // Status.
@@ -620,6 +580,40 @@ async fn apply_service(
         applied.push(format!("Service/{}", desired.name_any()));
     }
     Ok(done.object)
+}
+
+/// Deletes the children this InferenceService controls but no longer wants: Deployments and
+/// Services not named in the lists, the HPA unless `hpa`, the PDB only if renamed. Returns
+/// `Kind/name` of each.
+async fn delete_unwanted_children(
+    ctx: &Context,
+    isvc: &InferenceService,
+    deployments: &[String],
+    services: &[String],
+    hpa: bool,
+) -> Result<Vec<String>, Error> {
+    let name = builders::child_name(isvc);
+    let one = std::slice::from_ref(&name);
+    let mut deleted = Vec::new();
+    delete_each::<Deployment>(ctx, isvc, deployments, &mut deleted).await?;
+    delete_each::<Service>(ctx, isvc, services, &mut deleted).await?;
+    delete_each::<HorizontalPodAutoscaler>(ctx, isvc, if hpa { one } else { &[] }, &mut deleted)
+        .await?;
+    delete_each::<PodDisruptionBudget>(ctx, isvc, one, &mut deleted).await?;
+    Ok(deleted)
+}
+
+/// "applied A, B; deleted Kind/c" for the log and the Updated event; `None` when nothing changed.
+fn changes_note<S: AsRef<str>>(applied: &[S], deleted: &[String]) -> Option<String> {
+    let applied: Vec<&str> = applied.iter().map(AsRef::as_ref).collect();
+    let mut note = Vec::new();
+    if !applied.is_empty() {
+        note.push(format!("applied {}", applied.join(", ")));
+    }
+    if !deleted.is_empty() {
+        note.push(format!("deleted {}", deleted.join(", ")));
+    }
+    (!note.is_empty()).then(|| note.join("; "))
 }
 
 /// Deletes the children of kind `K` that are not `wanted`, adding `Kind/name` to `deleted`.
