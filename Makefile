@@ -83,7 +83,7 @@ bench: deps .venv/.installed
 # The server under hostile load: peak RSS under worst-case images against the documented bound
 # (and without the budget), a normal client beside 70 slow uploaders, tritonclient's checks.
 bench-hostile: build weights
-	tools/triton-venv.sh
+	tools/venv.sh triton 'import tritonclient.http, numpy'
 	$(PYTHON) tools/bench/hostile.py --weights $(WEIGHTS) --triton-python .state/venv-triton/bin/python
 
 # The operator with 1000 InferenceServices on a private control plane (no node): time to build

@@ -14,10 +14,10 @@ phase() {
 }
 phase "control plane binaries (hack/build-control-plane.sh)" hack/build-control-plane.sh
 # NVIDIA's tritonclient (PyPI) drives the v2 API in inference/tests/tritonclient.rs.
-phase "tritonclient venv (tools/triton-requirements.txt)" tools/triton-venv.sh
+phase "tritonclient venv (tools/triton-requirements.txt)" tools/venv.sh triton 'import tritonclient.http, numpy'
 export TRITON_CLIENT_PYTHON=$PWD/.state/venv-triton/bin/python
 # moto's S3 server (PyPI) for `fetch s3://` (inference/tests/fetch_s3.rs, operator/tests/e2e.rs).
-phase "S3 test server venv (tools/s3-requirements.txt)" tools/s3-venv.sh
+phase "S3 test server venv (tools/s3-requirements.txt)" tools/venv.sh s3 'import moto.server, boto3'
 export S3_PYTHON=$PWD/.state/venv-s3/bin/python
 # Integration tests run these binaries as real processes (server, operator).
 phase "build release binaries" cargo build --release --workspace --bins

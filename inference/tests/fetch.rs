@@ -8,12 +8,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Fetched, sha256_hex};
 use inference_server::model::weights;
-use sha2::{Digest, Sha256};
 
 struct Server {
     child: Child,
@@ -105,43 +105,6 @@ fn rand_tag() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as u64
-}
-
-fn sha256_hex(path: &Path) -> String {
-    Sha256::digest(std::fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-struct Fetched {
-    out: Output,
-    path: PathBuf,
-    took: Duration,
-}
-
-impl Fetched {
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    /// Failed with `why` in its last line, leaving neither the file nor a `.part`.
-    fn failed_with(&self, uri_shown: &str, why: &str) {
-        let err = self.stderr();
-        let last = err.lines().last().unwrap_or_default();
-        assert_eq!(self.out.status.code(), Some(1), "{err}");
-        assert!(
-            last.starts_with(&format!("inference-server fetch: {uri_shown}: "))
-                && last.contains(why),
-            "last line {last:?} lacks {uri_shown:?} / {why:?}"
-        );
-        assert!(
-            !self.path.exists(),
-            "a failed fetch left {}",
-            self.path.display()
-        );
-        let part = PathBuf::from(format!("{}.part", self.path.display()));
-        assert!(!part.exists(), "a failed fetch left {}", part.display());
-    }
 }
 
 fn fetch(s: &Server, uri: &str, extra: &[&str], env: &[(&str, &str)]) -> Fetched {

@@ -13,11 +13,11 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Fetched, sha256_hex};
 use inference_server::model::weights;
-use sha2::{Digest, Sha256};
 
 struct Moto {
     child: Child,
@@ -36,14 +36,6 @@ impl Drop for Moto {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(python: &str) -> Moto {
     let dir = std::env::temp_dir().join(format!("fetch-s3-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("bucket")).unwrap();
@@ -53,7 +45,7 @@ fn start(python: &str) -> Moto {
         vec![0x5au8; 4096],
     )
     .unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut child = Command::new(python)
         .arg(common::fixture("s3_server.py"))
         .arg(port.to_string())
@@ -77,39 +69,18 @@ fn start(python: &str) -> Moto {
     }
 }
 
-struct Fetched {
-    out: Output,
-    path: PathBuf,
-    took: Duration,
-}
-
-impl Fetched {
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-
-    /// Failed with `why` in its last line, leaving neither the file nor a `.part`.
-    fn failed_with(&self, uri: &str, why: &str, secret: &str) {
-        let err = self.stderr();
-        let last = err.lines().last().unwrap_or_default();
-        assert_eq!(self.out.status.code(), Some(1), "{err}");
-        assert!(
-            last.starts_with(&format!("inference-server fetch: {uri}: ")) && last.contains(why),
-            "last line {last:?} lacks {uri:?} / {why:?}"
-        );
-        assert!(!err.contains(secret), "the secret key was printed: {err}");
-        assert!(
-            !self.path.exists(),
-            "a failed fetch left {}",
-            self.path.display()
-        );
-        let part = PathBuf::from(format!("{}.part", self.path.display()));
-        assert!(!part.exists(), "a failed fetch left {}", part.display());
-    }
+/// [`Fetched::failed_with`], and the secret key is nowhere in the output.
+fn failed_with(f: &Fetched, uri: &str, why: &str, secret: &str) {
+    assert!(
+        !f.stderr().contains(secret),
+        "the secret key was printed: {}",
+        f.stderr()
+    );
+    f.failed_with(uri, why);
 }
 
 fn fetch(m: &Moto, port: u16, uri: &str, key: &(String, String), extra: &[&str]) -> Fetched {
-    let out_dir = m.dir.join(format!("out-{}", free_port()));
+    let out_dir = m.dir.join(format!("out-{}", common::free_port()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let path = out_dir.join("resnet50.safetensors");
     let t = Instant::now();
@@ -150,10 +121,7 @@ fn fetch_from_s3_with_the_aws_credential_chain() {
     };
     let m = start(&python);
     let good = m.dir.join("bucket/good.safetensors");
-    let sum: String = Sha256::digest(std::fs::read(&good).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum = sha256_hex(&good);
     let uri = "s3://models/good.safetensors";
 
     // Signed by a user allowed to read: in place, identical, one line saying so.
@@ -173,17 +141,23 @@ fn fetch_from_s3_with_the_aws_credential_chain() {
     let secret = m.reader.1.clone();
     // The right object with the wrong checksum.
     let wrong = "0".repeat(64);
-    fetch(&m, m.port, uri, &m.reader, &["--sha256", &wrong]).failed_with(
+    failed_with(
+        &fetch(&m, m.port, uri, &m.reader, &["--sha256", &wrong]),
         uri,
         &format!("sha256 {sum}, expected {wrong}"),
         &secret,
     );
     // No such key.
     let missing = "s3://models/missing.safetensors";
-    fetch(&m, m.port, missing, &m.reader, &[]).failed_with(missing, "S3 404", &secret);
+    failed_with(
+        &fetch(&m, m.port, missing, &m.reader, &[]),
+        missing,
+        "S3 404",
+        &secret,
+    );
     // A user without the right to read, and a key the server does not know: 403 at once.
     let f = fetch(&m, m.port, uri, &m.nobody, &[]);
-    f.failed_with(uri, "S3 403: access denied", &m.nobody.1);
+    failed_with(&f, uri, "S3 403: access denied", &m.nobody.1);
     assert!(
         !f.stderr().contains("try 1"),
         "403 is not retried: {}",
@@ -193,19 +167,35 @@ fn fetch_from_s3_with_the_aws_credential_chain() {
         "AKIAUNKNOWN000000000".to_string(),
         "not-a-secret-x".to_string(),
     );
-    fetch(&m, m.port, uri, &unknown, &[]).failed_with(uri, "S3 403", &unknown.1);
+    failed_with(
+        &fetch(&m, m.port, uri, &unknown, &[]),
+        uri,
+        "S3 403",
+        &unknown.1,
+    );
     // An object that is not the model.
     let junk = "s3://models/not-a-model.safetensors";
-    fetch(&m, m.port, junk, &m.reader, &[]).failed_with(junk, "not ResNet50 safetensors", &secret);
+    failed_with(
+        &fetch(&m, m.port, junk, &m.reader, &[]),
+        junk,
+        "not ResNet50 safetensors",
+        &secret,
+    );
     // Nobody listening: retried, then given up.
-    let f = fetch(&m, free_port(), uri, &m.reader, &["--attempts", "3"]);
-    f.failed_with(uri, "(gave up after 3 tries)", &secret);
+    let f = fetch(
+        &m,
+        common::free_port(),
+        uri,
+        &m.reader,
+        &["--attempts", "3"],
+    );
+    failed_with(&f, uri, "(gave up after 3 tries)", &secret);
     assert_eq!(f.stderr().matches("failed (").count(), 2, "{}", f.stderr());
     // The object's real headers (full Content-Length), then half the body and the connection
     // shut: retried, then given up.
     let cut = "s3://models/truncated/good.safetensors";
     let f = fetch(&m, m.port, cut, &m.reader, &["--attempts", "2"]);
-    f.failed_with(cut, "gave up after 2 tries", &secret);
+    failed_with(&f, cut, "gave up after 2 tries", &secret);
     assert!(f.stderr().contains("try 1 of 2 failed"), "{}", f.stderr());
     assert!(f.stderr().contains("broke off after"), "{}", f.stderr());
     // The headers and a first piece, then a trickle: the transfer timeout cuts each try off.
@@ -217,7 +207,7 @@ fn fetch_from_s3_with_the_aws_credential_chain() {
         &m.reader,
         &["--attempts", "2", "--transfer-timeout-seconds", "1"],
     );
-    f.failed_with(slow, "gave up after 2 tries", &secret);
+    failed_with(&f, slow, "gave up after 2 tries", &secret);
     assert!(f.stderr().contains("try 1 of 2 failed"), "{}", f.stderr());
     assert!(f.stderr().contains("timed out"), "{}", f.stderr());
     assert!(

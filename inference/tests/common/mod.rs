@@ -26,6 +26,58 @@ pub fn both_models(
 pub const BIN: &str = env!("CARGO_BIN_EXE_inference-server");
 pub const SEED: u64 = 42;
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(std::fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One run of `inference-server fetch` (tests/fetch.rs, tests/fetch_s3.rs).
+pub struct Fetched {
+    pub out: std::process::Output,
+    /// The `--out` path.
+    pub path: PathBuf,
+    pub took: Duration,
+}
+
+impl Fetched {
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    /// Failed with `why` in its last line, which names `uri_shown`, leaving neither the file nor
+    /// a `.part`.
+    pub fn failed_with(&self, uri_shown: &str, why: &str) {
+        let err = self.stderr();
+        let last = err.lines().last().unwrap_or_default();
+        assert_eq!(self.out.status.code(), Some(1), "{err}");
+        assert!(
+            last.starts_with(&format!("inference-server fetch: {uri_shown}: "))
+                && last.contains(why),
+            "last line {last:?} lacks {uri_shown:?} / {why:?}"
+        );
+        assert!(
+            !self.path.exists(),
+            "a failed fetch left {}",
+            self.path.display()
+        );
+        let part = PathBuf::from(format!("{}.part", self.path.display()));
+        assert!(!part.exists(), "a failed fetch left {}", part.display());
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
