@@ -46,25 +46,14 @@ fn cluster() -> Option<&'static Cluster> {
 
 /// The InferenceService's spec: two pods, blue/green unless `rolling`.
 fn spec(image: &str, version: &str, path: Option<&str>, rolling: bool, auto: bool) -> Value {
-    let mut model = json!({"name": "resnet50", "version": version});
-    if let Some(path) = path {
-        model["path"] = json!(path);
-    }
-    let rollout = if rolling {
+    let mut spec = two_pods(image, version, path);
+    spec["rollout"] = if rolling {
         json!({"strategy": "RollingUpdate"})
     } else {
         json!({"strategy": "BlueGreen", "progressDeadlineSeconds": 30,
                "blueGreen": {"autoPromote": auto, "scaleDownDelaySeconds": DELAY}})
     };
-    json!({
-        "model": model,
-        "image": image,
-        "replicas": 2,
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                      "limits": {"cpu": "1", "memory": "1Gi"}},
-        "termination": {"preStopDelaySeconds": 3, "gracePeriodSeconds": 15},
-        "rollout": rollout,
-    })
+    spec
 }
 
 fn bg(i: &InferenceService) -> Value {

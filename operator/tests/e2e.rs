@@ -33,9 +33,6 @@ use test_cluster::Cluster;
 /// Model load and warm-up of two servers on a small machine.
 const START: Duration = Duration::from_secs(180);
 const REACT: Duration = Duration::from_secs(30);
-/// The test's preStop sleep and grace period (the server drains for 15 - 3 - 5 = 7 s).
-const PRE_STOP: u64 = 3;
-const GRACE: u64 = 15;
 
 fn demo() -> String {
     image("resnet50-demo")
@@ -115,21 +112,11 @@ async fn ready_endpoints(slices: &Api<EndpointSlice>, service: &str) -> Option<V
 }
 
 fn spec(image: &str, version: &str, path: Option<&str>) -> Value {
-    let mut model = json!({"name": "resnet50", "version": version});
-    if let Some(path) = path {
-        model["path"] = json!(path);
-    }
-    json!({
-        "model": model,
-        "image": image,
-        "replicas": 2,
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                      "limits": {"cpu": "1", "memory": "1Gi"}},
-        "termination": {"preStopDelaySeconds": PRE_STOP, "gracePeriodSeconds": GRACE},
-        // A hung server is restarted in seconds rather than the default half minute.
-        "probes": {"liveness": {"httpGet": {"path": "/health", "port": "http"},
-                                "periodSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 2}},
-    })
+    let mut spec = two_pods(image, version, path);
+    // A hung server is restarted in seconds rather than the default half minute.
+    spec["probes"] = json!({"liveness": {"httpGet": {"path": "/health", "port": "http"},
+                            "periodSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 2}});
+    spec
 }
 
 /// The host PID of the pod's server: the process in the container's cgroup (runc runs it on this

@@ -344,6 +344,24 @@ fn ready_replicas(i: &InferenceService) -> i32 {
     i.status.as_ref().map_or(0, |s| s.ready_replicas)
 }
 
+/// Waits until the HPA has scaled `resnet50` out and the new pods are Ready; the count.
+async fn scaled_out(isvcs: &Api<InferenceService>, what: &str) -> i32 {
+    test_cluster::wait_for(what, Duration::from_secs(240), || async {
+        let i = isvcs.get("resnet50").await.ok()?;
+        (i.spec.replicas > 1 && ready_replicas(&i) > 1).then_some(i.spec.replicas)
+    })
+    .await
+}
+
+/// Waits until the HPA has scaled `resnet50` back to one replica.
+async fn scaled_in(isvcs: &Api<InferenceService>, what: &str, timeout: Duration) {
+    test_cluster::wait_for(what, timeout, || async {
+        let i = isvcs.get("resnet50").await.ok()?;
+        (i.spec.replicas == 1).then_some(())
+    })
+    .await
+}
+
 /// CPU autoscaling for real: metrics-server's pod CPU → the HPA controller → the
 /// InferenceService's scale subresource → the Deployment. Load from this machine through the
 /// ClusterIP scales it out; without load it scales back in (short windows here; the examples
@@ -378,26 +396,15 @@ async fn hpa_scales_out_under_load_and_back(isvcs: &Api<InferenceService>, url: 
     );
     let load_start = Instant::now();
     let load = Load::start(url, 3);
-    let scaled = test_cluster::wait_for(
-        "the HPA to scale out under load",
-        Duration::from_secs(240),
-        || async {
-            let i = isvcs.get("resnet50").await.ok()?;
-            (i.spec.replicas > 1 && ready_replicas(&i) > 1).then_some(i.spec.replicas)
-        },
-    )
-    .await;
+    let scaled = scaled_out(isvcs, "the HPA to scale out under load").await;
     let out_after = load_start.elapsed();
     let report = load.stop();
     let (ok, failed) = (report.ok, report.failures.len());
     let load_end = Instant::now();
-    test_cluster::wait_for(
+    scaled_in(
+        isvcs,
         "the HPA to scale back in without load",
         Duration::from_secs(240),
-        || async {
-            let i = isvcs.get("resnet50").await.ok()?;
-            (i.spec.replicas == 1).then_some(())
-        },
     )
     .await;
     eprintln!(
@@ -532,25 +539,14 @@ async fn hpa_scales_on_the_request_rate(
     )
     .await;
     let seen_after = load_start.elapsed();
-    let scaled = test_cluster::wait_for(
-        "the HPA to scale out on the request rate",
-        Duration::from_secs(240),
-        || async {
-            let i = isvcs.get("resnet50").await.ok()?;
-            (i.spec.replicas > 1 && ready_replicas(&i) > 1).then_some(i.spec.replicas)
-        },
-    )
-    .await;
+    let scaled = scaled_out(isvcs, "the HPA to scale out on the request rate").await;
     let out_after = load_start.elapsed();
     let report = load.stop();
     let load_end = Instant::now();
-    test_cluster::wait_for(
+    scaled_in(
+        isvcs,
         "the HPA to scale back in on the request rate",
         Duration::from_secs(300),
-        || async {
-            let i = isvcs.get("resnet50").await.ok()?;
-            (i.spec.replicas == 1).then_some(())
-        },
     )
     .await;
     eprintln!(

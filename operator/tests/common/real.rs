@@ -15,6 +15,28 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The node's name (hack/real-node.sh).
 pub const NODE: &str = "inference-node";
 
+/// The preStop sleep and grace period of the test InferenceServices (the server drains for
+/// 15 - 3 - 5 = 7 s).
+pub const PRE_STOP: u64 = 3;
+pub const GRACE: u64 = 15;
+
+/// The spec the real-node tests start from: two small pods of `image` serving model `resnet50`
+/// at `version`, its weights at `path` (else the image's own), a short preStop sleep and grace.
+pub fn two_pods(image: &str, version: &str, path: Option<&str>) -> serde_json::Value {
+    let mut model = serde_json::json!({"name": "resnet50", "version": version});
+    if let Some(path) = path {
+        model["path"] = serde_json::json!(path);
+    }
+    serde_json::json!({
+        "model": model,
+        "image": image,
+        "replicas": 2,
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                      "limits": {"cpu": "1", "memory": "1Gi"}},
+        "termination": {"preStopDelaySeconds": PRE_STOP, "gracePeriodSeconds": GRACE},
+    })
+}
+
 /// A tag of this workspace's images (`make images`).
 pub fn image(name: &str) -> String {
     format!("ghcr.io/inference-server/{name}:{VERSION}")
