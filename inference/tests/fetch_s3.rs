@@ -11,32 +11,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::s3::S3Server;
 use common::{Fetched, sha256_hex};
 use inference_server::model::weights;
 
-struct Moto {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    /// reader (may read the bucket) and nobody (may do nothing): (key id, secret).
-    reader: (String, String),
-    nobody: (String, String),
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start(python: &str) -> Moto {
+fn start(python: &str) -> S3Server {
     let dir = std::env::temp_dir().join(format!("fetch-s3-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("bucket")).unwrap();
     weights::write_random(&dir.join("bucket/good.safetensors"), 7).unwrap();
@@ -45,28 +28,7 @@ fn start(python: &str) -> Moto {
         vec![0x5au8; 4096],
     )
     .unwrap();
-    let port = common::free_port();
-    let mut child = Command::new(python)
-        .arg(common::fixture("s3_server.py"))
-        .arg(port.to_string())
-        .arg(dir.join("bucket"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3_server.py");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let k: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-    assert_eq!(k.len(), 4, "s3_server.py printed {line:?}");
-    Moto {
-        child,
-        port,
-        dir,
-        reader: (k[0].clone(), k[1].clone()),
-        nobody: (k[2].clone(), k[3].clone()),
-    }
+    S3Server::start(Command::new(python), dir, "127.0.0.1", common::free_port())
 }
 
 /// [`Fetched::failed_with`], and the secret key is nowhere in the output.
@@ -79,7 +41,7 @@ fn failed_with(f: &Fetched, uri: &str, why: &str, secret: &str) {
     f.failed_with(uri, why);
 }
 
-fn fetch(m: &Moto, port: u16, uri: &str, key: &(String, String), extra: &[&str]) -> Fetched {
+fn fetch(m: &S3Server, port: u16, uri: &str, key: &(String, String), extra: &[&str]) -> Fetched {
     let out_dir = m.dir.join(format!("out-{}", common::free_port()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let path = out_dir.join("resnet50.safetensors");

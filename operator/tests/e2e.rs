@@ -15,6 +15,9 @@
 //! the sections run in order in one test.
 
 mod common;
+/// The S3 fixture server, shared with inference/tests/fetch_s3.rs.
+#[path = "../../inference/tests/common/s3.rs"]
+mod s3;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::time::{Duration, Instant};
@@ -27,6 +30,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use s3::S3Server;
 use serde_json::{Value, json};
 use test_cluster::Cluster;
 
@@ -369,53 +373,14 @@ impl Mirror {
 }
 
 /// moto's S3 server (inference/tests/fixtures/s3_server.py) on HOST_IP with bucket `models`
-/// holding `seed42.safetensors`, and the key of a user allowed to read it.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-    dir: std::path::PathBuf,
-    key: (String, String),
-}
-
-impl Moto {
-    fn start(python: &str, weights: &std::path::Path) -> Moto {
-        let dir = tmp_dir().join(format!("e2e-s3-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(weights, dir.join("seed42.safetensors")).unwrap();
-        let port = free_port();
-        let mut child = std::process::Command::new(python)
-            .arg(repo_file("inference/tests/fixtures/s3_server.py"))
-            .arg(port.to_string())
-            .arg(&dir)
-            .arg(HOST_IP)
-            .stdout(std::process::Stdio::piped())
-            .die_with_the_test()
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("s3_server.py");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let k: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        assert_eq!(k.len(), 4, "s3_server.py printed {line:?}");
-        Moto {
-            child,
-            port,
-            dir,
-            key: (k[0].clone(), k[1].clone()),
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// holding `seed42.safetensors`.
+fn start_s3(python: &str, weights: &std::path::Path) -> S3Server {
+    let dir = tmp_dir().join(format!("e2e-s3-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bucket")).unwrap();
+    std::fs::copy(weights, dir.join("bucket/seed42.safetensors")).unwrap();
+    let mut python = std::process::Command::new(python);
+    python.die_with_the_test();
+    S3Server::start(python, dir, HOST_IP, free_port())
 }
 
 impl Drop for Mirror {
@@ -978,14 +943,14 @@ async fn serves_rolls_out_drains_restarts_and_reports_on_a_real_kubelet() {
     // endpoint in `env` and the credentials from a Secret: Ready, and the same answer again.
     match std::env::var("S3_PYTHON") {
         Ok(python) => {
-            let moto = Moto::start(&python, &weights_file);
+            let moto = start_s3(&python, &weights_file);
             let secrets: Api<k8s_openapi::api::core::v1::Secret> = env.api();
             secrets
                 .create(
                     &Default::default(),
                     &serde_json::from_value(json!({
                         "metadata": {"name": "s3-reader"},
-                        "stringData": {"id": moto.key.0, "secret": moto.key.1},
+                        "stringData": {"id": moto.reader.0, "secret": moto.reader.1},
                     }))
                     .unwrap(),
                 )

@@ -1,6 +1,8 @@
 //! Starts the real `inference-server` binary on an ephemeral port with generated weights.
 #![allow(dead_code)] // each test binary uses a different part of this helper
 
+pub mod s3;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
