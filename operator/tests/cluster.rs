@@ -202,8 +202,15 @@ async fn create_builds_children_and_status() {
         .await;
     assert_owned_by(&svc.metadata, &isvc, "Service");
     assert_child_labels(&svc.metadata, name, "Service");
+    let mut annotations = svc.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        annotations
+            .remove(inference_operator::diff::ANNOTATION_APPLIED)
+            .is_some(),
+        "every child carries the hash of what was applied"
+    );
     assert_eq!(
-        svc.metadata.annotations.clone().unwrap_or_default(),
+        annotations,
         BTreeMap::from([(
             "service.beta.kubernetes.io/aws-load-balancer-scheme".to_string(),
             "internet-facing".to_string()
@@ -307,6 +314,37 @@ async fn create_builds_children_and_status() {
                     "{note}"
                 );
             })
+    })
+    .await;
+
+    // ---- Keys removed from the spec's maps are removed from the children, also when nothing
+    // else changes (the stored objects still "contain" every field we send).
+    env.apply_isvc(
+        name,
+        json!({
+            "model": {"name": "resnet50", "version": "3"},
+            "replicas": 2,
+            "server": {"maxBatchSize": 4, "logLevel": "debug"},
+            "env": [{"name": "EXTRA", "value": "1"}, {"name": "MAX_BATCH_SIZE", "value": "6"}],
+            "service": {
+                "type": "LoadBalancer",
+                "port": 8000,
+                "nodePort": 30080,
+                "loadBalancerClass": "service.k8s.aws/nlb",
+            },
+        }),
+    )
+    .await;
+    env.wait_obj::<Deployment>(name, "pod label team removed", REACT, |d| {
+        let t = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+        !t.labels.as_ref().unwrap().contains_key("team")
+    })
+    .await;
+    env.wait_obj::<Service>(name, "the Service annotation removed", REACT, |s| {
+        !s.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("service.beta.kubernetes.io/aws-load-balancer-scheme"))
     })
     .await;
     env.finish().await;

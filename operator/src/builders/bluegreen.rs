@@ -82,12 +82,7 @@ pub fn preview_name(isvc: &InferenceService) -> String {
 /// template's JSON, so equal specs give equal revisions in every operator build and process.
 pub fn revision(built: &Deployment) -> String {
     let template = built.spec.as_ref().map(|s| &s.template);
-    let json = serde_json::to_vec(&template).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::diff::fnv1a(&serde_json::to_vec(&template).unwrap_or_default());
     format!("{:010x}", h & 0xff_ffff_ffff)
 }
 

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::builders::{self, LABEL_SELECTOR, MANAGER};
 use crate::crd::InferenceService;
-use crate::diff::contains;
+use crate::diff::{self, contains};
 
 /// Read-only views of the watched children.
 #[derive(Clone)]
@@ -129,12 +129,13 @@ pub struct Ensured<K> {
 }
 
 /// Server-side applies `desired` (force: the operator owns these fields, hand edits are reverted)
-/// unless the stored copy already contains it.
+/// unless the stored copy already contains it, hash stamp included ([`diff::stamped`]).
 pub async fn ensure<K: Child>(
     client: &Client,
     stored: Option<&K>,
     desired: &K,
 ) -> Result<Ensured<K>, kube::Error> {
+    let desired = &diff::stamped(desired);
     if let Some(have) = stored {
         let (h, w) = (serde_json::to_value(have), serde_json::to_value(desired));
         if let (Ok(h), Ok(w)) = (h, w)

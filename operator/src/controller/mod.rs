@@ -554,8 +554,8 @@ async fn ensure_service(
             Err(e) => return Err(e),
         }
     }
-    // A selector losing a key (blue/green's colour, when switching back to RollingUpdate) is
-    // "contained" in the stored one: compare selectors exactly, and apply when they differ.
+    // A key added to the selector by hand is "contained" too, and the selector then matches no
+    // pod: compare selectors exactly (the field is atomic, so the apply replaces it whole).
     let selector = |s: &Service| s.spec.as_ref().and_then(|s| s.selector.clone());
     let stored = svc.filter(|have| selector(have) == selector(desired));
     ensure(client, stored.as_ref(), desired).await
