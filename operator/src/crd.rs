@@ -842,6 +842,13 @@ pub struct ServerSpec {
 /// Where the pods run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        // The embedded Kubernetes schema has no minimum; the Deployment would be refused later.
+        "rule": "!has(self.topologySpreadConstraints) || self.topologySpreadConstraints.all(c, c.maxSkew >= 1)",
+        "message": "scheduling.topologySpreadConstraints[].maxSkew must be at least 1"
+    }
+]))]
 pub struct SchedulingSpec {
     /// Node labels a node must have to run the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -214,6 +214,20 @@ pub fn validate(isvc: &InferenceService) -> Result<(), Vec<Issue>> {
     {
         issue("spec.gpu", format!("{g} must not be negative"));
     }
+    let spreads = spec.scheduling.as_ref();
+    for (i, c) in spreads
+        .and_then(|s| s.topology_spread_constraints.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if c.max_skew < 1 {
+            issue(
+                &format!("spec.scheduling.topologySpreadConstraints[{i}].maxSkew"),
+                format!("{} must be at least 1", c.max_skew),
+            );
+        }
+    }
     if spec.gpu.unwrap_or(0) > 0 && spec.server.as_ref().and_then(|s| s.device) == Some(Device::Cpu)
     {
         issue(
