@@ -350,7 +350,16 @@ pub(super) async fn reconcile(
         delete_unwanted_children(ctx, isvc, &wanted_deps, &wanted_svcs, wanted_hpa.is_some())
             .await?;
     if let Some(note) = changes_note(&applied, &deleted) {
+        // As on the RollingUpdate path: `kubectl describe` shows what a spec change did.
         tracing::info!(changes = %note, "updated the children");
+        ctx.event(
+            &isvc.object_ref(&()),
+            EventType::Normal,
+            "Updated",
+            "Update",
+            note,
+        )
+        .await;
     }
 
     // Status: the serving colour's Deployment is the one Ready and Available describe.
