@@ -8,8 +8,8 @@
 #            ca-certificates, tzdata, netbase, /etc/passwd with nonroot 65532; no shell, no apt.
 # Prints the two local names, one per line ("builder=…", "runtime=…"); `make images` passes them
 # in as --build-arg BUILDER_IMAGE / RUNTIME_IMAGE.
-# Cached like the control-plane binaries: each image carries the hash of its recipe (this file and
-# the toolchain version) as a label and is remade only when that changes; the root filesystem
+# Cached like the control-plane binaries: each image carries the hash of its recipe (its rootfs
+# function, make_image and the toolchain version) as a label and is remade only when that changes; the root filesystem
 # tarballs are kept under ~/.cache/inference-k8s/base-images so a wiped image store re-imports in
 # seconds.
 set -euo pipefail
@@ -23,15 +23,14 @@ sysroot=$(rustc --print sysroot) || die "rustc is missing: the builder image car
 toolchain=$(rustc --version | awk '{print $2}')
 [ -x "$sysroot/bin/cargo" ] || die "$sysroot has no cargo: install the toolchain with rustup"
 
-recipe=$( { cat "$0"; echo "$toolchain"; } | sha256sum | cut -c1-16)
 cache=${INFERENCE_BASE_CACHE:-$HOME/.cache/inference-k8s/base-images}
 mkdir -p "$cache"
 builder=localhost/inference-base/rust:$toolchain-bookworm
 runtime=localhost/inference-base/distroless-cc-debian12:nonroot
 label=dev.inference-server.base-recipe
 
-current() { # image name → 0 when it exists and was made from this recipe
-  [ "$(podman image inspect --format "{{ index .Labels \"$label\" }}" "$1" 2>/dev/null)" = "$recipe" ]
+current() { # image name, recipe → 0 when it exists and was made from that recipe
+  [ "$(podman image inspect --format "{{ index .Labels \"$label\" }}" "$1" 2>/dev/null)" = "$2" ]
 }
 
 # Build tools the official rust:bookworm image (buildpack-deps) has that a Rust build uses.
@@ -50,20 +49,23 @@ builder_rootfs() {
 
 # The package set of distroless cc-debian12; `extract` runs no maintainer scripts, so the hooks
 # write what those would (passwd/group with nonroot, the CA bundle from Debian's own certificates,
-# not this machine's trust store).
+# not this machine's trust store). Extract hooks: mmdebstrap 1.3 silently skips customize hooks
+# for the extract variant (the image had no CA bundle and no /etc/passwd until this was seen).
 runtime_rootfs() {
   local out=$1
   mmdebstrap --variant=extract --format=tar --quiet \
     --include=base-files,netbase,tzdata,libc6,libgcc-s1,libgomp1,libstdc++6,ca-certificates \
-    --customize-hook='mkdir -p "$1/etc/ssl/certs" && cat "$1"/usr/share/ca-certificates/mozilla/*.crt >"$1/etc/ssl/certs/ca-certificates.crt"' \
-    --customize-hook='printf "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" >"$1/etc/passwd"; printf "root:x:0:\nnonroot:x:65532:\n" >"$1/etc/group"; install -d -o 65532 -g 65532 "$1/home/nonroot"; install -d -m 1777 "$1/tmp"' \
-    --customize-hook='rm -rf "$1"/var/lib/apt "$1"/var/cache/apt "$1"/usr/share/doc "$1"/usr/share/man' \
+    --extract-hook='mkdir -p "$1/etc/ssl/certs" && cat "$1"/usr/share/ca-certificates/mozilla/*.crt >"$1/etc/ssl/certs/ca-certificates.crt"' \
+    --extract-hook='printf "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n" >"$1/etc/passwd"; printf "root:x:0:\nnonroot:x:65532:\n" >"$1/etc/group"; install -d -o 65532 -g 65532 "$1/home/nonroot"; install -d -m 1777 "$1/tmp"' \
+    --extract-hook='rm -rf "$1"/var/lib/apt "$1"/var/cache/apt "$1"/usr/share/doc "$1"/usr/share/man' \
     bookworm "$out"
 }
 
 make_image() { # kind name → the image, from the cached tarball or a fresh mmdebstrap run
-  local kind=$1 name=$2 tar=$cache/$1-$recipe.tar
-  if current "$name"; then return; fi
+  local kind=$1 name=$2 recipe tar
+  recipe=$( { declare -f "${kind}_rootfs" make_image; echo "$toolchain"; } | sha256sum | cut -c1-16)
+  tar=$cache/$kind-$recipe.tar
+  if current "$name" "$recipe"; then return; fi
   if [ ! -s "$tar" ]; then
     echo "making the $kind base image from Debian packages (mmdebstrap; a few minutes, once)" >&2
     local t0=$SECONDS out=$tar.partial

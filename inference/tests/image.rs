@@ -268,6 +268,33 @@ fn the_image_says_what_it_is() {
     assert!(get("{{.Config.Env}}").contains("MODEL_PATH=/models/"));
 }
 
+/// What the runtime base gives the binary: a CA bundle (s3:// and other TLS clients that read the
+/// system store, SSL_CERT_FILE) and the nonroot user. Read from a created, never started container.
+#[test]
+fn the_image_has_a_ca_bundle_and_the_nonroot_user() {
+    let image = setup();
+    let name = format!("inference-image-files-{}", std::process::id());
+    let _removed = Removed(name.clone());
+    let out = podman(&["create", "--name", &name, &image]);
+    assert!(out.status.success(), "podman create: {}", text(&out.stderr));
+    let dir = TempDir::new("image-files");
+    let file = |path: &str| {
+        let local = dir.0.join(path.rsplit('/').next().unwrap());
+        let out = podman(&["cp", &format!("{name}:{path}"), local.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "podman cp {path}: {}",
+            text(&out.stderr)
+        );
+        std::fs::read_to_string(local).unwrap()
+    };
+    let bundle = file("/etc/ssl/certs/ca-certificates.crt");
+    let certs = bundle.matches("-----BEGIN CERTIFICATE-----").count();
+    assert!(certs >= 100, "{certs} certificates in the CA bundle");
+    let passwd = file("/etc/passwd");
+    assert!(passwd.contains("nonroot:x:65532:65532:"), "{passwd}");
+}
+
 /// `examples/weights-baked/Dockerfile`: the server image plus weights, serving with no mount.
 #[test]
 fn an_image_with_baked_in_weights_serves_without_a_mount() {
