@@ -6,7 +6,7 @@ PYTHON ?= python3
 STATE := .state
 WEIGHTS := $(STATE)/weights/resnet50-random-seed42.safetensors
 
-.PHONY: help deps build build-cuda images image-cuda test weights demo bench bench-hostile bench-operator bench-gpu fuzz crds cluster-up cluster-down parity-fixture clean
+.PHONY: help deps build build-cuda images image-cuda test weights demo bench bench-hostile bench-operator bench-gpu fuzz crds cluster-up cluster-down parity-fixture sweep clean
 
 help:
 	@echo "make demo          bring the system up locally and print a real prediction"
@@ -18,6 +18,7 @@ help:
 	@echo "make crds          regenerate crds/, rbac/ and the chart's CRD and RBAC rules from the Rust code"
 	@echo "make cluster-up    start the local control plane (etcd, kube-apiserver, controller-manager)"
 	@echo "make cluster-down  stop it and remove its state"
+	@echo "make sweep         delete stale test binaries cargo leaves in target/ (tens of GB over a day)"
 
 # System packages the build needs: nasm assembles libjpeg-turbo's SIMD decoder.
 # buildah / podman / runc / mmdebstrap build and run the images (make images, its tests);
@@ -119,6 +120,9 @@ cluster-down:
 # and a prediction from a client pod through the Service's DNS name.
 demo: images
 	tools/demo.sh
+
+sweep:
+	tools/sweep-target.sh
 
 clean:
 	rm -rf $(STATE)

@@ -18,7 +18,7 @@ disk_check() {
   local free_gb; free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
   echo "${free_gb} GB free on the filesystem of $PWD"
   if [ "$free_gb" -lt 10 ]; then
-    echo "tools/test.sh: only ${free_gb} GB free; a cold run needs about 18 GB (free some: cargo clean in old checkouts, podman image prune)" >&2
+    echo "tools/test.sh: only ${free_gb} GB free; a cold run needs about 18 GB (free some: make sweep, cargo clean in old checkouts, podman image prune)" >&2
     return 1
   fi
   [ "$free_gb" -ge 20 ] || echo "warning: under 20 GB free; a cold run may run out" >&2
