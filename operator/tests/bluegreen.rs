@@ -3,7 +3,8 @@
 //! once and loses no request; a broken new version is never promoted, traffic stays, the status
 //! says why, and re-applying the previous spec rolls it back; so is a version that is ready but
 //! fails the smoke prediction; with `autoPromote: false` the
-//! documented annotation promotes; switching to RollingUpdate and back keeps serving.
+//! documented annotation promotes; switching to RollingUpdate and back (with a new version: the
+//! old pods alone serve until the promotion) keeps serving.
 //!
 //! The operator runs as a ServiceAccount bound to the shipped ClusterRole, so the RBAC rules
 //! blue/green needs are checked too. Needs root, containerd and the demo image (make images);
@@ -386,8 +387,9 @@ async fn blue_green_promotes_refuses_a_broken_version_and_switches_strategy_unde
     let report = load.stop();
     check_load("manual promotion", &report, &["2", "4"]);
 
-    // Switching to RollingUpdate and back, under load.
-    let load = Load::start(&url, 2);
+    // Switching to RollingUpdate and back, under load, each request on a new connection (kept-alive
+    // ones would stay on the old pods whatever the Service selects).
+    let load = Load::start_with(&url, 2, true);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t5 = Instant::now();
     env.apply_isvc(NAME, spec(&demo(), "4", None, true, true))
@@ -410,13 +412,27 @@ async fn blue_green_promotes_refuses_a_broken_version_and_switches_strategy_unde
         Some("serving.inference-server.dev/inferenceservice=resnet50")
     );
     let to_rolling = t5.elapsed();
+    // Back to BlueGreen with a new version at once: until blue is promoted only the old pods
+    // serve (the Service's selector is pinned to their pod-template-hash), so every client sees
+    // "4" then "5", never a mix while both run.
     let t6 = Instant::now();
-    env.apply_isvc(NAME, spec(&demo(), "4", None, false, true))
+    env.apply_isvc(NAME, spec(&demo(), "5", None, false, true))
         .await;
-    env.wait_isvc(NAME, "blue/green again, on blue", START, |i| {
-        observed_current(i) && active(i).as_deref() == Some("blue")
+    let pinned = std::cell::Cell::new(false);
+    let isvcs: Api<InferenceService> = env.api();
+    env.wait("blue/green again, promoted to blue", START, || async {
+        let selector = svc.get(NAME).await.ok()?.spec?.selector.unwrap_or_default();
+        if selector.contains_key("pod-template-hash") {
+            pinned.set(true);
+        }
+        let i = isvcs.get(NAME).await.ok()?;
+        (observed_current(&i) && active(&i).as_deref() == Some("blue")).then_some(())
     })
     .await;
+    assert!(
+        pinned.get(),
+        "before the promotion the Service selected the old pods by their pod-template-hash"
+    );
     env.wait(
         "the RollingUpdate Deployment gone after the delay",
         START,
@@ -424,6 +440,20 @@ async fn blue_green_promotes_refuses_a_broken_version_and_switches_strategy_unde
     )
     .await;
     let to_bluegreen = t6.elapsed();
+    // Kept-alive connections stay on the old pods until they drain and close them.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = env.api();
+    let old_pods = ListParams::default().labels(&format!(
+        "serving.inference-server.dev/inferenceservice={NAME},!{COLOR}"
+    ));
+    env.wait("the old pods gone", START, || async {
+        pods.list(&old_pods)
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = load.stop();
     eprintln!(
@@ -431,7 +461,7 @@ async fn blue_green_promotes_refuses_a_broken_version_and_switches_strategy_unde
         to_rolling.as_secs_f32(),
         to_bluegreen.as_secs_f32()
     );
-    check_load("strategy switches", &report, &["4"]);
+    check_load("strategy switches", &report, &["4", "5"]);
     eprintln!("all sections passed in {:.1}s", t0.elapsed().as_secs_f32());
     env.finish().await;
 }

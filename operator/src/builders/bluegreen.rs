@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -161,6 +161,35 @@ pub fn preview_service(isvc: &InferenceService, idle: Color) -> Service {
     }
     select(&mut svc, idle);
     svc
+}
+
+/// The label the Deployment controller gives every pod: its ReplicaSet's template hash.
+pub const LABEL_POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// While switching from RollingUpdate, before the first promotion: the `pod-template-hash` that
+/// every running pod of the old Deployment shares (pods without a colour, not being deleted).
+/// The Service's old selector would also match blue's pods as soon as they are ready, before
+/// their smoke request; adding this hash keeps it on the old pods. `None` when they do not agree
+/// (the old Deployment is itself mid-rollout) or there are none: the selector stays as it was.
+pub fn plain_pods_hash(pods: &[Pod]) -> Option<String> {
+    let mut hashes = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none() && !p.labels().contains_key(LABEL_COLOR)
+        })
+        .map(|p| p.labels().get(LABEL_POD_TEMPLATE_HASH));
+    let first = hashes.next()??;
+    hashes.all(|h| h == Some(first)).then(|| first.clone())
+}
+
+/// Adds the old Deployment's pod-template-hash to the Service's selector (see [`plain_pods_hash`]).
+pub fn pin_to_plain_pods(svc: &mut Service, hash: &str) {
+    svc.spec
+        .as_mut()
+        .expect("build sets the spec")
+        .selector
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_POD_TEMPLATE_HASH.into(), hash.into());
 }
 
 fn select(svc: &mut Service, color: Color) {
@@ -616,6 +645,55 @@ spec:
         assert_eq!(p.phase, Phase::Steady);
         assert_eq!(p.scale, vec![(Color::Green, 0)]);
         assert_eq!(p.serving, Some(Color::Blue));
+    }
+
+    fn pod(labels: &[(&str, &str)], deleting: bool) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        if deleting {
+            p.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        }
+        p
+    }
+
+    #[test]
+    fn the_old_pods_are_pinned_only_when_they_agree() {
+        let h = LABEL_POD_TEMPLATE_HASH;
+        let old = |hash| pod(&[(h, hash)], false);
+        let blue = pod(&[(h, "bbb"), (LABEL_COLOR, "blue")], false);
+        let going = pod(&[(h, "zzz")], true);
+        // Blue's pods and pods on their way out do not count.
+        assert_eq!(
+            plain_pods_hash(&[old("aaa"), blue.clone(), going.clone(), old("aaa")]),
+            Some("aaa".into())
+        );
+        // The old Deployment mid-rollout (two hashes), no old pods, a pod without the label.
+        assert_eq!(plain_pods_hash(&[old("aaa"), old("ccc")]), None);
+        assert_eq!(plain_pods_hash(&[blue, going]), None);
+        assert_eq!(plain_pods_hash(&[pod(&[], false)]), None);
+        // A pinned Service still selects no colour: the plan goes on rolling blue out.
+        let isvc = from_yaml(BG);
+        let mut pinned = service::build(&isvc);
+        pin_to_plain_pods(&mut pinned, "aaa");
+        assert_eq!(
+            pinned.spec.as_ref().unwrap().selector.as_ref().unwrap()[h],
+            "aaa"
+        );
+        assert_eq!(selected_color(&pinned), None);
+        let plain = deployment::build(&isvc, &cfg());
+        let live = Live {
+            plain: Some(&plain),
+            service: Some(&pinned),
+            ..Default::default()
+        };
+        let p = plan(&live, &rev(&isvc), 2, DELAY, now());
+        assert_eq!((p.serving, p.keep_plain), (None, true));
     }
 
     #[test]

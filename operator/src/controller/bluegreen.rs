@@ -78,6 +78,8 @@ pub(super) struct Inputs {
     pub pdb: Option<PodDisruptionBudget>,
     pub wanted_hpa: Option<HorizontalPodAutoscaler>,
     pub pods: PodHealth,
+    /// [`bluegreen::plain_pods_hash`] of this InferenceService's pods.
+    pub plain_pods_hash: Option<String>,
 }
 
 fn apply_error(what: &str, source: kube::Error) -> Error {
@@ -166,6 +168,7 @@ pub(super) async fn reconcile(
         pdb,
         wanted_hpa,
         pods,
+        plain_pods_hash,
     } = inputs;
 
     // Decide.
@@ -225,7 +228,14 @@ pub(super) async fn reconcile(
         .as_ref()
         .and_then(bluegreen::promoted_at)
         .map(str::to_string);
-    let desired_svc = bluegreen::service(isvc, plan.serving, promoted_at.as_deref());
+    let mut desired_svc = bluegreen::service(isvc, plan.serving, promoted_at.as_deref());
+    if plan.serving.is_none()
+        && plan.keep_plain
+        && let Some(hash) = &plain_pods_hash
+    {
+        // Switching from RollingUpdate: only the old pods serve until blue is promoted.
+        bluegreen::pin_to_plain_pods(&mut desired_svc, hash);
+    }
     let mut svc = apply_service(ctx, isvc, service.clone(), &desired_svc, &mut applied).await?;
     let preview = ensure(
         client,

@@ -321,7 +321,8 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     let svc: Option<Service> = observe(ctx, isvc).await?;
     let pdb: Option<PodDisruptionBudget> = observe(ctx, isvc).await?;
     let hpa: Option<HorizontalPodAutoscaler> = observe(ctx, isvc).await?;
-    let pods = status::pod_health(&ctx.stores.pods_of(isvc));
+    let our_pods = ctx.stores.pods_of(isvc);
+    let pods = status::pod_health(&our_pods);
     let controlled_dep = dep
         .clone()
         .filter(|d| builders::is_controlled_by(&d.metadata, isvc));
@@ -394,6 +395,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             pdb,
             wanted_hpa,
             pods,
+            plain_pods_hash: bluegreen_builders::plain_pods_hash(&our_pods),
         };
         return bluegreen::reconcile(isvc, ctx, inputs).await;
     }

@@ -111,7 +111,8 @@ pub struct LoadReport {
 }
 
 /// A steady stream of real photos: `workers` clients, each POSTing /predict back to back on
-/// its own keep-alive connection, until stopped.
+/// its own keep-alive connection (or, [`Load::start_with`], a new connection per request, so
+/// kube-proxy picks a pod for every request), until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
     /// One report per worker (its `versions` has one entry).
@@ -120,6 +121,10 @@ pub struct Load {
 
 impl Load {
     pub fn start(url: &str, workers: usize) -> Load {
+        Self::start_with(url, workers, false)
+    }
+
+    pub fn start_with(url: &str, workers: usize, connection_per_request: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let t0 = Instant::now();
         let workers = (0..workers)
@@ -131,11 +136,11 @@ impl Load {
                     let (mut ok, mut failures, mut versions) = (0u32, Vec::new(), Vec::new());
                     while !stop.load(Ordering::Relaxed) {
                         let at = t0.elapsed().as_secs_f32();
-                        match agent
-                            .post(&url)
-                            .header("Content-Type", "image/jpeg")
-                            .send(&photo[..])
-                        {
+                        let mut request = agent.post(&url).header("Content-Type", "image/jpeg");
+                        if connection_per_request {
+                            request = request.header("Connection", "close");
+                        }
+                        match request.send(&photo[..]) {
                             Ok(mut r) if r.status() == 200 => {
                                 ok += 1;
                                 let body = r.body_mut().read_to_string().unwrap_or_default();
