@@ -12,13 +12,14 @@ phase() {
   "$@"
   echo "::: ${name}: $(( $(date +%s) - t0 ))s (total $(( $(date +%s) - start ))s) :::"
 }
-# A cold run fills about 18 GB (target/ 12-15, the test clusters, images): say so now rather than
-# fail later on a half-written file (a CI run once died that way, with an empty error).
+# A cold run writes about 8 GB (a fresh clone's target/ reached 6 GB; images and the test
+# clusters add the rest), more when target/ holds old builds: say so now rather than fail later on
+# a half-written file (a CI run most likely died that way, with an empty error).
 disk_check() {
   local free_gb; free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
   echo "${free_gb} GB free on the filesystem of $PWD"
   if [ "$free_gb" -lt 10 ]; then
-    echo "tools/test.sh: only ${free_gb} GB free; a cold run needs about 18 GB (free some: make sweep, cargo clean in old checkouts, podman image prune)" >&2
+    echo "tools/test.sh: only ${free_gb} GB free; a cold run needs about 8 GB and headroom (free some: make sweep, cargo clean in old checkouts, podman image prune)" >&2
     return 1
   fi
   [ "$free_gb" -ge 20 ] || echo "warning: under 20 GB free; a cold run may run out" >&2
