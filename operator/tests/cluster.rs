@@ -49,25 +49,21 @@ async fn create_builds_children_and_status() {
     let mut env = Env::new(cluster(), "create").await;
     let _op = env.start_operator("op");
     let name = "resnet50-public";
-    let isvc = env
-        .apply_isvc(
-            name,
-            json!({
-                "model": {"name": "resnet50", "version": "3"},
-                "replicas": 2,
-                "server": {"maxBatchSize": 4, "logLevel": "debug"},
-                "env": [{"name": "EXTRA", "value": "1"}, {"name": "MAX_BATCH_SIZE", "value": "6"}],
-                "service": {
-                    "type": "LoadBalancer",
-                    "port": 8000,
-                    "nodePort": 30080,
-                    "loadBalancerClass": "service.k8s.aws/nlb",
-                    "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing"},
-                },
-                "podLabels": {"team": "vision"},
-            }),
-        )
-        .await;
+    let applied = json!({
+        "model": {"name": "resnet50", "version": "3"},
+        "replicas": 2,
+        "server": {"maxBatchSize": 4, "logLevel": "debug"},
+        "env": [{"name": "EXTRA", "value": "1"}, {"name": "MAX_BATCH_SIZE", "value": "6"}],
+        "service": {
+            "type": "LoadBalancer",
+            "port": 8000,
+            "nodePort": 30080,
+            "loadBalancerClass": "service.k8s.aws/nlb",
+            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing"},
+        },
+        "podLabels": {"team": "vision"},
+    });
+    let isvc = env.apply_isvc(name, applied.clone()).await;
     assert_eq!(isvc.metadata.generation, Some(1));
 
     // ---- Deployment
@@ -319,22 +315,13 @@ async fn create_builds_children_and_status() {
 
     // ---- Keys removed from the spec's maps are removed from the children, also when nothing
     // else changes (the stored objects still "contain" every field we send).
-    env.apply_isvc(
-        name,
-        json!({
-            "model": {"name": "resnet50", "version": "3"},
-            "replicas": 2,
-            "server": {"maxBatchSize": 4, "logLevel": "debug"},
-            "env": [{"name": "EXTRA", "value": "1"}, {"name": "MAX_BATCH_SIZE", "value": "6"}],
-            "service": {
-                "type": "LoadBalancer",
-                "port": 8000,
-                "nodePort": 30080,
-                "loadBalancerClass": "service.k8s.aws/nlb",
-            },
-        }),
-    )
-    .await;
+    let mut fewer_keys = applied;
+    fewer_keys.as_object_mut().unwrap().remove("podLabels");
+    fewer_keys["service"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    env.apply_isvc(name, fewer_keys).await;
     env.wait_obj::<Deployment>(name, "pod label team removed", REACT, |d| {
         let t = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
         !t.labels.as_ref().unwrap().contains_key("team")

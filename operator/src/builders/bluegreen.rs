@@ -184,21 +184,20 @@ pub fn plain_pods_hash(pods: &[Pod]) -> Option<String> {
 
 /// Adds the old Deployment's pod-template-hash to the Service's selector (see [`plain_pods_hash`]).
 pub fn pin_to_plain_pods(svc: &mut Service, hash: &str) {
-    svc.spec
-        .as_mut()
-        .expect("build sets the spec")
-        .selector
-        .get_or_insert_with(BTreeMap::new)
-        .insert(LABEL_POD_TEMPLATE_HASH.into(), hash.into());
+    add_to_selector(svc, LABEL_POD_TEMPLATE_HASH, hash);
 }
 
 fn select(svc: &mut Service, color: Color) {
+    add_to_selector(svc, LABEL_COLOR, color.as_str());
+}
+
+fn add_to_selector(svc: &mut Service, key: &str, value: &str) {
     svc.spec
         .as_mut()
         .expect("build sets the spec")
         .selector
         .get_or_insert_with(BTreeMap::new)
-        .insert(LABEL_COLOR.into(), color.as_str().into());
+        .insert(key.into(), value.into());
 }
 
 /// The colour a stored Service selects, if any.

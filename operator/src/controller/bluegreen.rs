@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::children::ensure;
 use super::{
-    Context, Error, STEADY_REQUEUE, apply_service, changes_note, delete_unwanted_children,
+    Context, Error, STEADY_REQUEUE, announce_changes, apply_service, delete_unwanted_children,
     observe_named, write_status,
 };
 use crate::builders::bluegreen::{self, Color, Live, Phase, Plan};
@@ -359,18 +359,7 @@ pub(super) async fn reconcile(
     let deleted =
         delete_unwanted_children(ctx, isvc, &wanted_deps, &wanted_svcs, wanted_hpa.is_some())
             .await?;
-    if let Some(note) = changes_note(&applied, &deleted) {
-        // As on the RollingUpdate path: `kubectl describe` shows what a spec change did.
-        tracing::info!(changes = %note, "updated the children");
-        ctx.event(
-            &isvc.object_ref(&()),
-            EventType::Normal,
-            "Updated",
-            "Update",
-            note,
-        )
-        .await;
-    }
+    announce_changes(ctx, isvc, &applied, &deleted).await;
 
     // Status: the serving colour's Deployment is the one Ready and Available describe.
     let idle = serving.map_or(plan.idle, Color::other);

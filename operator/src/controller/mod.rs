@@ -505,10 +505,8 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
             format!("created {} {name}", kinds.join(", ")),
         )
         .await;
-    } else if let Some(note) = changes_note(&applied, &deleted) {
-        tracing::info!(changes = %note, "updated the children");
-        ctx.event(&reference, EventType::Normal, "Updated", "Update", note)
-            .await;
+    } else {
+        announce_changes(ctx, isvc, &applied, &deleted).await;
     }
 
     // Status.
@@ -605,8 +603,14 @@ async fn delete_unwanted_children(
     Ok(deleted)
 }
 
-/// "applied A, B; deleted Kind/c" for the log and the Updated event; `None` when nothing changed.
-fn changes_note<S: AsRef<str>>(applied: &[S], deleted: &[String]) -> Option<String> {
+/// Logs "applied A, B; deleted Kind/c" and sends it as an Updated event (what `kubectl describe`
+/// shows a spec change did), on both reconcile paths; nothing when nothing changed.
+async fn announce_changes<S: AsRef<str>>(
+    ctx: &Context,
+    isvc: &InferenceService,
+    applied: &[S],
+    deleted: &[String],
+) {
     let applied: Vec<&str> = applied.iter().map(AsRef::as_ref).collect();
     let mut note = Vec::new();
     if !applied.is_empty() {
@@ -615,7 +619,19 @@ fn changes_note<S: AsRef<str>>(applied: &[S], deleted: &[String]) -> Option<Stri
     if !deleted.is_empty() {
         note.push(format!("deleted {}", deleted.join(", ")));
     }
-    (!note.is_empty()).then(|| note.join("; "))
+    if note.is_empty() {
+        return;
+    }
+    let note = note.join("; ");
+    tracing::info!(changes = %note, "updated the children");
+    ctx.event(
+        &isvc.object_ref(&()),
+        EventType::Normal,
+        "Updated",
+        "Update",
+        note,
+    )
+    .await;
 }
 
 /// Deletes the children of kind `K` that are not `wanted`, adding `Kind/name` to `deleted`.
